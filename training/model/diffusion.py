@@ -1,0 +1,67 @@
+"""v-objective diffusion: the training loss and the DDIM sampler.
+
+sigma in [0, 1]; alpha = cos(sigma pi / 2), beta = sin(sigma pi / 2); x_sigma = alpha x0 + beta eps;
+the network predicts v = alpha eps - beta x0.
+
+The sampler is a plain function of (model_fn, x, sigmas), mirrored line for line in numpy by
+mousai_runtime/sampling.py (a parity test runs both).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]  # (x_sigma [B, ...], sigma [B]) -> v
+
+
+def alpha_beta(sigma: Tensor) -> tuple[Tensor, Tensor]:
+    angle = sigma * (math.pi / 2)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def _bcast(t: Tensor, x: Tensor) -> Tensor:
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def v_loss(model_fn: ModelFn, x0: Tensor, sigma: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+    """MSE between model_fn(x_sigma, sigma) and the true v, with sigma ~ U[0, 1] per batch element."""
+    b = x0.shape[0]
+    if sigma is None:
+        sigma = torch.rand(b, device=x0.device, dtype=x0.dtype)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    alpha, beta = (_bcast(t, x0) for t in alpha_beta(sigma))
+    x_sigma = alpha * x0 + beta * noise
+    v_target = alpha * noise - beta * x0
+    return torch.mean((model_fn(x_sigma, sigma) - v_target) ** 2)
+
+
+def linear_sigmas(steps: int) -> Tensor:
+    """The schedule as data: steps + 1 noise levels from 1 down to 0."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+def ddim_step(v: Tensor, x: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    alpha, beta = math.cos(sigma * math.pi / 2), math.sin(sigma * math.pi / 2)
+    alpha_next, beta_next = math.cos(sigma_next * math.pi / 2), math.sin(sigma_next * math.pi / 2)
+    x0 = alpha * x - beta * v
+    eps = beta * x + alpha * v
+    return alpha_next * x0 + beta_next * eps
+
+
+@torch.no_grad()
+def ddim_sample(model_fn: ModelFn, x: Tensor, sigmas: Tensor, callback: Callable[[int, Tensor], None] | None = None) -> Tensor:
+    """Deterministic DDIM from x (noise at sigmas[0]) to sigmas[-1]."""
+    b = x.shape[0]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        v = model_fn(x, torch.full((b,), sigma, dtype=x.dtype, device=x.device))
+        x = ddim_step(v, x, sigma, sigma_next)
+        if callback is not None:
+            callback(i, x)
+    return x
