@@ -225,6 +225,8 @@ def test_caption_never_empty():
     assert caption_from_metadata({"path": "x/some_name.wav", "licence": "MIT"}, rng) == "some name"
     assert caption_from_metadata({}, rng)
     assert caption_from_metadata({"instruments": ["piano", "bass"], "bpm": 90.4}, np.random.default_rng(3))
+    texts = {caption_from_metadata({"style": "jazz", "genre": "Jazz", "bpm": 90.4}, rng) for _ in range(300)}
+    assert all(t.lower().count("jazz") <= 1 for t in texts) and {"Jazz 90 bpm", "90 bpm, Jazz"} <= texts
 
 
 # ------------------------------------------------------------------------------------------------- midi

@@ -74,11 +74,16 @@ def _fmt_value(key: str, value) -> list[str]:
 
 
 def caption_values(meta: dict) -> list[str]:
-    """The caption fragments of a track, in canonical order (before shuffle/dropout)."""
+    """The caption fragments of a track, in canonical order (before shuffle/dropout), without repeats
+    (e.g. style "jazz" and genre "jazz" give one "jazz")."""
     out: list[str] = []
+    seen: set[str] = set()
     for k in CAPTION_KEYS:
         if k in meta:
-            out += _fmt_value(k, meta[k])
+            for v in _fmt_value(k, meta[k]):
+                if v.lower() not in seen:
+                    seen.add(v.lower())
+                    out.append(v)
     return out
 
 
