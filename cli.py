@@ -1,0 +1,216 @@
+"""mousai: train, export and run Moûsai text-to-music models.
+
+Each command imports what it needs lazily, so `mousai generate` works on the runtime-only install (no torch).
+User errors print one line on stderr and exit with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="mousai",
+    help="Train, export and run Moûsai text-to-music diffusion models (48 kHz stereo).\n\n"
+    "Quick start:  mousai generate \"calm ambient pads with soft piano\" -o out.wav",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and inspect training corpora.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "engines" / "default"
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@app.command()
+def params(
+    config: str = typer.Option("tiny", "--config", "-c", help="tiny, paper, or a config JSON / checkpoint folder."),
+) -> None:
+    """Print the parameter count of each model of a config: `dmae N` and `generator N`."""
+    try:
+        import torch
+
+        from training.model.configs import load_config
+        from training.model.dmae import DMAE
+        from training.model.generator import Generator
+
+        cfg = load_config(config)
+    except ValueError as e:
+        raise fail(str(e))
+    with torch.device("meta"):  # no memory is spent on weights
+        dmae, gen = DMAE(cfg.dmae), Generator(cfg.generator)
+    typer.echo(f"dmae {sum(p.numel() for p in dmae.parameters())}")
+    typer.echo(f"generator {sum(p.numel() for p in gen.parameters())}")
+
+
+@app.command()
+def init(
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (must not exist unless --force)."),
+    config: str = typer.Option("tiny", "--config", "-c", help="tiny, paper, or a config JSON file."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the initial weights."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+) -> None:
+    """Write a randomly initialised checkpoint (safetensors + config.json), e.g. to try export and runtime."""
+    try:
+        import torch
+
+        from training.checkpoint import save_checkpoint
+        from training.model.configs import load_config
+        from training.model.dmae import DMAE
+        from training.model.generator import Generator
+
+        cfg = load_config(config)
+    except ValueError as e:
+        raise fail(str(e))
+    if out.exists() and not force:
+        raise fail(f"{out} exists (use --force to replace it)")
+    torch.manual_seed(seed)
+    dmae, gen = DMAE(cfg.dmae), Generator(cfg.generator)
+    try:
+        save_checkpoint(out, cfg, {"dmae": dmae.state_dict(), "generator": gen.state_dict()},
+                        meta={"kind": "random-init", "seed": seed})
+    except OSError as e:
+        raise fail(f"cannot write {out}: {e.strerror or e}")
+    typer.echo(f"wrote {out} ({cfg.name}: dmae {sum(p.numel() for p in dmae.parameters()):,} + "
+               f"generator {sum(p.numel() for p in gen.parameters()):,} parameters)")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@data_app.command("build")
+def data_build(
+    out: Path = typer.Argument(..., help="Folder for the corpus (audio/, metadata.jsonl, manifest.json)."),
+    sources: Optional[str] = typer.Option(None, "--sources", help="Comma-separated sources (default: all)."),
+) -> None:
+    """Build the open training corpus offline: Debian music packages + rendered MIDI, as 48 kHz stereo FLAC."""
+    try:
+        from training.data.corpus.build import main as build_main
+    except ImportError as e:
+        raise fail(f"the corpus builder needs the training extras: pip install 'mousai[train,data]' ({e})")
+    code = build_main(str(out), sources)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+class Stage(str, Enum):
+    autoencoder = "autoencoder"
+    generator = "generator"
+
+
+@app.command()
+def train(
+    stage: Stage = typer.Argument(..., help="autoencoder (the DMAE) or generator (needs --dmae)."),
+    data: Path = typer.Option(..., "--data", help="Corpus folder: audio files + optional metadata.jsonl."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoint/, state/, tb/, samples/, train.log)."),
+    config: str = typer.Option("tiny", "--config", "-c", help="tiny, paper, or a config JSON file."),
+    steps: int = typer.Option(1000, "--steps", help="Train until this global step."),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from out/state."),
+    dmae: Optional[Path] = typer.Option(None, "--dmae", help="Trained DMAE checkpoint (generator stage)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    crop_length: Optional[int] = typer.Option(None, "--crop-length", help="Crop length in samples."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+) -> None:
+    """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
+    try:
+        from training.train import TrainingError, train as run_train
+    except ImportError as e:
+        raise fail(f"training needs the training extras: pip install 'mousai[train]' ({e})")
+    kwargs = dict(stage=stage.value, data=str(data), config=config, out=str(out), steps=steps, resume=resume,
+                  batch_size=batch_size, seed=seed, threads=threads)
+    if crop_length is not None:
+        kwargs["crop_length"] = crop_length
+    if dmae is not None:
+        kwargs["dmae"] = str(dmae)
+    try:
+        run_train(**kwargs)
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        raise fail(str(e))
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+class EngineKind(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder (config.json + *.safetensors)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write, e.g. engines/mymodel."),
+    engine: EngineKind = typer.Option(EngineKind.onnx, "--engine", help="onnx, or trt (TensorRT; needs a GPU)."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 graphs with fp32 islands (softmax, norms)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Measure ONNX Runtime vs PyTorch parity."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
+) -> None:
+    """Export a checkpoint to a bundle: ONNX graphs + tokenizer + manifest with parity figures."""
+    try:
+        from mousai_export import ExportError, export_bundle
+    except ImportError as e:
+        raise fail(f"export needs the export extras: pip install 'mousai[export]' ({e})")
+    try:
+        export_bundle(str(checkpoint), str(out), engine=engine.value, fp16=fp16, opset=opset, check=check,
+                      force=force)
+    except ExportError as e:
+        raise fail(str(e))
+    typer.echo(f"wrote bundle {out}")
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What the music should be, e.g. \"upbeat techno, 128 bpm\"."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.wav or .flac)."),
+    seconds: float = typer.Option(10.0, "--seconds", "-s", help="Length of the clip in seconds."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Generator denoising steps (default: bundle's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same music."),
+    model: Path = typer.Option(DEFAULT_BUNDLE, "--model", help="Bundle folder (default: engines/default)."),
+    engine: str = typer.Option("onnx", "--engine", help="onnx, trt or torch."),
+    format: Optional[str] = typer.Option(None, "--format", help="wav or flac (default: from the file name)."),
+    loudness: Optional[float] = typer.Option(None, "--loudness", help="Normalise to this LUFS, e.g. -14."),
+    spectrogram: Optional[Path] = typer.Option(None, "--spectrogram", help="Also write a spectrogram PNG."),
+) -> None:
+    """Generate music from a text prompt with a bundle (numpy + ONNX Runtime; no torch needed)."""
+    from mousai_runtime.cli_impl import generate_command
+
+    raise typer.Exit(generate_command(prompt=prompt, out=str(out), seconds=seconds, steps=steps, guidance=guidance,
+                                      seed=seed, model=str(model), engine=engine, format=format, loudness=loudness,
+                                      spectrogram=str(spectrogram) if spectrogram else None))
+
+
+@app.command()
+def info(model: Path = typer.Argument(DEFAULT_BUNDLE, help="Bundle folder (default: engines/default).")) -> None:
+    """Print a bundle's manifest as a readable table."""
+    from mousai_runtime.cli_impl import info_command
+
+    raise typer.Exit(info_command(str(model)))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
