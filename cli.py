@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect training corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+import_app = typer.Typer(help="Import checkpoints made by other code.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -103,6 +105,27 @@ def data_build(
         raise fail(f"the corpus builder needs the training extras: pip install 'mousai[train,data]' ({e})")
     code = build_main(str(out), sources)
     raise typer.Exit(code)
+
+
+@import_app.command("archisound")
+def import_archisound(
+    path: Path = typer.Argument(..., help="The authors' checkpoint: a folder (config.json + *.safetensors or "
+                                          "pytorch_model.bin) or a bare state-dict file. Not shipped: bring your own."),
+    out: Path = typer.Option(..., "--out", "-o", help="mousai checkpoint folder to write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+) -> None:
+    """Import an archinetai/archisound DMAE (e.g. dmae1d-ATC64-v2) as a mousai checkpoint computing the same function."""
+    try:
+        from training.archisound import ImportError_, import_archisound as run_import
+        from training.checkpoint import CheckpointError
+    except ImportError as e:
+        raise fail(f"import needs the training extras: pip install 'mousai[train]' ({e})")
+    try:
+        cfg = run_import(path, out, force=force)
+    except (ImportError_, CheckpointError) as e:
+        raise fail(str(e))
+    d = cfg.dmae.decoder
+    typer.echo(f"wrote {out}: DMAE with patch {d.patch_size}, channels {d.channels}, inject depth {d.inject_depth}")
 
 
 # ---------------------------------------------------------------------------------------------- train
