@@ -31,7 +31,15 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "engines" / "default"
+def _default_bundle() -> Path:
+    """engines/default beside cli.py (a checkout / editable install), else the copy `pip install .` puts in
+    <prefix>/share/mousai/engines/default."""
+    here = Path(__file__).resolve().parent / "engines" / "default"
+    installed = Path(sys.prefix) / "share" / "mousai" / "engines" / "default"
+    return here if here.is_dir() or not installed.is_dir() else installed
+
+
+DEFAULT_BUNDLE = _default_bundle()
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -139,32 +147,36 @@ class Stage(str, Enum):
 @app.command()
 def train(
     stage: Stage = typer.Argument(..., help="autoencoder (the DMAE) or generator (needs --dmae)."),
-    data: Path = typer.Option(..., "--data", help="Corpus folder: audio files + optional metadata.jsonl."),
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoint/, state/, tb/, samples/, train.log)."),
-    config: str = typer.Option("tiny", "--config", "-c", help="tiny, paper, or a config JSON file."),
-    steps: int = typer.Option(1000, "--steps", help="Train until this global step."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Corpus folder: audio + optional metadata.jsonl "
+                                                             "(on --resume: default the run's own)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="tiny, paper or a JSON file "
+                                                                      "(default tiny; on --resume the run's own)."),
+    steps: int = typer.Option(1000, "--steps", help="Train until this global step (also on --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from out/state."),
     dmae: Optional[Path] = typer.Option(None, "--dmae", help="Trained DMAE checkpoint (generator stage)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    crop_length: Optional[int] = typer.Option(None, "--crop-length", help="Crop length in samples."),
-    seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 8)."),
+    crop_length: Optional[int] = typer.Option(None, "--crop-length", help="Samples per crop (2^16 / 2^18)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed (default 0)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 on a shared machine)."),
+    ckpt_every: int = typer.Option(250, "--ckpt-every", help="Checkpoint every N steps."),
+    sample_every: int = typer.Option(1000, "--sample-every", help="Write an audio sample every N steps (0 = never)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a TTY)."),
 ) -> None:
     """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
     try:
         from training.train import TrainingError, train as run_train
     except ImportError as e:
         raise fail(f"training needs the training extras: pip install 'mousai[train]' ({e})")
-    kwargs = dict(stage=stage.value, data=str(data), config=config, out=str(out), steps=steps, resume=resume,
-                  batch_size=batch_size, seed=seed, threads=threads)
-    if crop_length is not None:
-        kwargs["crop_length"] = crop_length
-    if dmae is not None:
-        kwargs["dmae"] = str(dmae)
     try:
-        run_train(**kwargs)
+        result = run_train(stage=stage.value, data=str(data) if data else None, config=config, out=str(out),
+                           steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
+                           seed=seed, threads=threads, ckpt_every=ckpt_every, sample_every=sample_every,
+                           dmae=str(dmae) if dmae else None, progress=progress)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         raise fail(str(e))
+    typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -30,10 +30,23 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match its config."""
 
 
+def recover_dir(target: Path) -> None:
+    """Undo a swap interrupted between its two renames: bring back `.NAME.old-PID` if NAME is missing."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], target)
+
+
 def atomic_dir(target: Path, write: Any, overwrite: bool = True) -> Path:
-    """Call write(tmp_dir), then move tmp_dir to target in one step (the old target is removed only after)."""
+    """Call write(tmp_dir), then move tmp_dir to target in one step (the old target is removed only after).
+
+    A kill between the two renames leaves `.NAME.old-PID`; `recover_dir` (run here and by readers) restores it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -87,6 +100,7 @@ def save_checkpoint(
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     path = Path(path)
+    recover_dir(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"not a checkpoint folder (no config.json): {path}")
