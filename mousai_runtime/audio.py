@@ -1,0 +1,253 @@
+"""Writing audio: atomic wav/flac files, loudness normalisation (ITU-R BS.1770 via pyloudnorm) with a true-peak-safe
+limiter (4x oversampled peak estimate), and an optional spectrogram PNG (matplotlib, Agg; imported lazily).
+
+Every file is written to a temp file in the destination folder and renamed into place, so a crash or a full disk
+never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
+
+
+class AudioError(ValueError):
+    """Bad output path/format or audio that cannot be processed (one-line message)."""
+
+
+def resolve_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+    if fmt is not None:
+        f = str(fmt).lower().lstrip(".")
+        if f not in FORMATS:
+            raise AudioError(f"unknown format {fmt!r}: use wav or flac")
+        return f
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise AudioError(f"cannot tell the format from {Path(path).name!r}: name it .wav or .flac, or pass --format")
+    return suffix
+
+
+def check_writable_target(path: str | os.PathLike) -> Path:
+    """The folder must exist and be writable (checked by creating and removing a temp file there)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise AudioError(f"output folder does not exist: {folder}")
+    if p.is_dir():
+        raise AudioError(f"output path is a folder: {p}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise AudioError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call write(temp_path) for a temp file beside `path`, then rename it over `path` (temp removed on failure)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + p.suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str | None = None) -> dict:
+    """Write [channels, N] float audio atomically. wav: 32-bit float; flac: 24-bit (samples beyond +-1 are clipped).
+
+    Returns {"path", "format", "subtype", "seconds", "clipped"}.
+    """
+    import soundfile as sf
+
+    f = resolve_format(path, fmt)
+    container, subtype = FORMATS[f]
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 2:
+        raise AudioError(f"audio must be [channels, samples], got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError("audio contains NaN or infinity: refusing to write it")
+    clipped = 0
+    data = audio.T
+    if subtype.startswith("PCM"):
+        over = np.abs(audio) > 1.0
+        clipped = int(over.sum())
+        if clipped:
+            data = np.clip(audio, -1.0, 1.0).T
+    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate, format=container, subtype=subtype))
+    return {"path": str(path), "format": f, "subtype": subtype, "seconds": audio.shape[-1] / sample_rate,
+            "clipped": clipped}
+
+
+# ------------------------------------------------------------------------------------------------- true peak
+
+
+def _kaiser_sinc(factor: int, taps_per_phase: int = 16, beta: float = 8.0) -> np.ndarray:
+    n = factor * taps_per_phase
+    k = np.arange(n) - (n - 1) / 2
+    h = np.sinc(k / factor) * np.kaiser(n, beta)
+    return (h / h.sum() * factor).astype(np.float64)
+
+
+def oversample(x: np.ndarray, factor: int = 4, block: int = 1 << 16) -> np.ndarray:
+    """Band-limited upsampling of [C, N] by `factor` (zero-stuffing + windowed-sinc FIR, FFT in blocks)."""
+    x = np.asarray(x, dtype=np.float64)
+    c, n = x.shape
+    h = _kaiser_sinc(factor)
+    delay = (len(h) - 1) // 2
+    out_len = n * factor
+    stuffed_len = out_len + len(h) - 1
+    y = np.zeros((c, stuffed_len))
+    nfft = 1 << int(math.ceil(math.log2(block * factor + len(h) - 1)))
+    hf = np.fft.rfft(h, nfft)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        z = np.zeros((c, (e - s) * factor))
+        z[:, ::factor] = x[:, s:e]
+        seg = np.fft.irfft(np.fft.rfft(z, nfft, axis=-1) * hf, nfft, axis=-1)[:, : z.shape[1] + len(h) - 1]
+        y[:, s * factor: s * factor + seg.shape[1]] += seg
+    return y[:, delay: delay + out_len]
+
+
+def true_peak_per_sample(x: np.ndarray, factor: int = 4) -> np.ndarray:
+    """max over channels and the `factor` oversampled points of each input sample: [N]."""
+    up = np.abs(oversample(x, factor))
+    n = x.shape[-1]
+    return up.reshape(up.shape[0], n, factor).max(axis=(0, 2))
+
+
+def true_peak_db(x: np.ndarray, factor: int = 4) -> float:
+    p = float(true_peak_per_sample(x, factor).max(initial=0.0))
+    return 20 * math.log10(p) if p > 0 else -math.inf
+
+
+def _running_min(g: np.ndarray, width: int) -> np.ndarray:
+    """out[i] = min(g[i - width + 1 .. i + width - 1]) in O(N) (van Herk / Gil-Werman, vectorised)."""
+    if width <= 1:
+        return g.copy()
+    n = len(g)
+    pad = width - 1
+    gp = np.concatenate([np.full(pad, np.inf), g, np.full(pad + width, np.inf)])
+    m = len(gp) // width * width
+    blocks = gp[:m].reshape(-1, width)
+    pre = np.minimum.accumulate(blocks, axis=1).ravel()
+    suf = np.minimum.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
+    # window [j, j + width - 1] minimum = min(suf[j], pre[j + width - 1])
+    j = np.arange(n + pad)
+    fwd = np.minimum(suf[j], pre[j + width - 1])  # min over gp[j .. j + width - 1]
+    # centre: output i covers gp indices (i + pad) - pad .. (i + pad) + pad -> two windows of `width`
+    return np.minimum(fwd[:n], fwd[pad:pad + n])
+
+
+def limit_true_peak(x: np.ndarray, sample_rate: int, ceiling_db: float = -1.0, lookahead_ms: float = 1.5,
+                    factor: int = 4) -> tuple[np.ndarray, float]:
+    """Brick-wall limiter: gain <= ceiling / true peak around every sample, smoothed (min filter, then a box filter
+    of the same width, which never exceeds the required gain), then a final scale if interpolation left any excess.
+    Returns (audio, max gain reduction in dB)."""
+    ceiling = 10 ** (ceiling_db / 20)
+    peak = true_peak_per_sample(x, factor)
+    if peak.max(initial=0.0) <= ceiling:
+        return x.astype(np.float32), 0.0
+    need = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
+    w = max(1, int(round(lookahead_ms * 1e-3 * sample_rate)))
+    g = _running_min(need, w)
+    cs = np.concatenate([[0.0], np.cumsum(g)])
+    half = w // 2
+    lo = np.clip(np.arange(len(g)) - half, 0, len(g))
+    hi = np.clip(np.arange(len(g)) - half + w, 0, len(g))
+    smooth = (cs[hi] - cs[lo]) / np.maximum(hi - lo, 1)
+    gain = np.minimum(smooth, g)  # guards the edges
+    y = x * gain[None, :]
+    tp = true_peak_per_sample(y, factor).max(initial=0.0)
+    if tp > ceiling:
+        y = y * (ceiling / tp)
+        gain = gain * (ceiling / tp)
+    return y.astype(np.float32), float(-20 * math.log10(max(gain.min(), 1e-12)))
+
+
+@dataclass
+class LoudnessResult:
+    input_lufs: float
+    output_lufs: float
+    true_peak_db: float
+    gain_db: float
+    limited_db: float
+
+
+def normalize_loudness(audio: np.ndarray, sample_rate: int, target_lufs: float,
+                       true_peak_ceiling_db: float = -1.0) -> tuple[np.ndarray, LoudnessResult]:
+    """Scale [C, N] audio to `target_lufs` integrated loudness (BS.1770-4), then keep the true peak <= ceiling."""
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise AudioError("loudness normalisation needs pyloudnorm: pip install 'mousai[audio]'") from None
+    if not math.isfinite(target_lufs) or not -70.0 <= target_lufs <= 0.0:
+        raise AudioError(f"loudness target must be between -70 and 0 LUFS, got {target_lufs}")
+    if audio.shape[-1] < int(0.4 * sample_rate):
+        raise AudioError("loudness normalisation needs at least 0.4 s of audio (one BS.1770 gating block)")
+    meter = pyloudnorm.Meter(sample_rate)
+    x = np.asarray(audio, dtype=np.float64)
+    loud = float(meter.integrated_loudness(x.T))
+    if not math.isfinite(loud):
+        raise AudioError("the audio is silent: cannot normalise its loudness")
+    gain_db = target_lufs - loud
+    y = x * 10 ** (gain_db / 20)
+    y, limited = limit_true_peak(y, sample_rate, true_peak_ceiling_db)
+    out_lufs = float(meter.integrated_loudness(y.astype(np.float64).T))
+    return y, LoudnessResult(loud, out_lufs, true_peak_db(y), gain_db, limited)
+
+
+# ------------------------------------------------------------------------------------------------- spectrogram
+
+
+def write_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, title: str | None = None,
+                      n_fft: int = 2048, hop: int = 512, max_columns: int = 3000) -> Path:
+    """A log-magnitude spectrogram PNG of the mono mix (matplotlib Agg, no global backend change)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise AudioError("the spectrogram needs matplotlib: pip install 'mousai[audio]'") from None
+    from .stft import magnitude_stft
+
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise AudioError(f"the spectrogram is written as PNG: name it .png, not {p.name!r}")
+    mono = np.asarray(audio, dtype=np.float32).mean(axis=0, keepdims=True)
+    if mono.shape[-1] <= n_fft // 2:
+        mono = np.pad(mono, ((0, 0), (0, n_fft)))
+    step = max(1, int(math.ceil(mono.shape[-1] / hop / max_columns)))
+    mag = magnitude_stft(mono, n_fft, hop * step, center=True, normalized=True)
+    db = 20 * np.log10(np.maximum(mag, 1e-6))
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    seconds = audio.shape[-1] / sample_rate
+    im = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 90, vmax=db.max(),
+                   extent=(0, seconds, 0, sample_rate / 2000))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (kHz)")
+    if title:
+        ax.set_title(title[:100])
+    fig.colorbar(im, ax=ax, label="dB")
+    fig.tight_layout()
+    return atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))

@@ -1,0 +1,409 @@
+"""Load and verify a mousai bundle (docs/bundle-format.md, format version 1).
+
+Strict: an unknown format or version, an unknown top-level field, a missing file, a size or sha256 mismatch, a path
+that is absolute or climbs out of the folder, or a manifest field of the wrong type is refused with a `BundleError`
+whose message is one line. Every file listed in `files` is hashed at load (`verify=True`), and `read_bytes` hashes
+again exactly the bytes it hands out, so what runs is what was verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+FORMAT = "mousai-bundle"
+VERSION = 1
+
+REQUIRED_TOP = ("format", "version", "name", "precision", "audio", "latent", "stft", "text", "decoder_info",
+                "generator_info", "defaults", "files", "models")
+OPTIONAL_TOP = ("created", "versions", "source", "parity")
+
+# the tensors the runtime feeds and reads, by component (names from the contract)
+COMPONENT_IO = {
+    "text_encoder": (("input_ids", "attention_mask"), ("text_states",)),
+    "generator": (("x", "sigma", "text_states", "text_mask", "guidance"), ("v",)),
+    "encoder": (("magnitude",), ("latent",)),
+    "decoder": (("x", "sigma", "latent"), ("v",)),
+}
+REQUIRED_COMPONENTS = ("text_encoder", "generator", "decoder")  # the encoder is only needed for audio input
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BundleError(Exception):
+    """A bundle that is missing, corrupt, of another format version, or inconsistent (one-line message)."""
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def check_relative_path(name: Any, what: str) -> str:
+    """A plain relative path inside the bundle: no absolute path, drive, backslash, '..' or empty component."""
+    if not isinstance(name, str) or not name.strip():
+        raise BundleError(f"{what}: file name must be a non-empty string, got {name!r}")
+    if "\\" in name or "\x00" in name:
+        raise BundleError(f"{what}: refusing file name {name!r} (backslash or NUL)")
+    p = PurePosixPath(name)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise BundleError(f"{what}: refusing absolute path {name!r} (bundle paths are names inside the folder)")
+    if any(part in ("..", ".", "") for part in name.split("/")):
+        raise BundleError(f"{what}: refusing path {name!r} (no '..', '.' or empty components)")
+    return name
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n
+
+
+# ------------------------------------------------------------------------------------------------- field checks
+
+
+def _obj(m: dict, key: str, where: str = "manifest") -> dict:
+    v = m.get(key)
+    if not isinstance(v, dict):
+        raise BundleError(f"{where}.{key} must be an object, got {type(v).__name__}")
+    return v
+
+
+def _int(d: dict, key: str, where: str, minimum: int | None = 1) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BundleError(f"{where}.{key} must be an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise BundleError(f"{where}.{key} must be >= {minimum}, got {v}")
+    return v
+
+
+def _num(d: dict, key: str, where: str, positive: bool = False) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise BundleError(f"{where}.{key} must be a finite number, got {v!r}")
+    if positive and v <= 0:
+        raise BundleError(f"{where}.{key} must be > 0, got {v}")
+    return float(v)
+
+
+def _str(d: dict, key: str, where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v:
+        raise BundleError(f"{where}.{key} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(d: dict, key: str, where: str) -> bool:
+    v = d.get(key)
+    if not isinstance(v, bool):
+        raise BundleError(f"{where}.{key} must be true or false, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # ints or strings (dynamic axes)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    component: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+_DTYPES = {"float32", "float16", "int64", "int32", "bool"}
+
+
+def _tensor_list(v: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(v, list) or not v:
+        raise BundleError(f"{where} must be a non-empty list")
+    out = []
+    for i, t in enumerate(v):
+        w = f"{where}[{i}]"
+        if not isinstance(t, dict):
+            raise BundleError(f"{w} must be an object")
+        name, dtype, shape = _str(t, "name", w), _str(t, "dtype", w), t.get("shape")
+        if dtype not in _DTYPES:
+            raise BundleError(f"{w}.dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        if not isinstance(shape, list) or not all(
+                (isinstance(s, int) and not isinstance(s, bool) and s >= 0) or (isinstance(s, str) and s) for s in shape):
+            raise BundleError(f"{w}.shape must be a list of sizes and axis names, got {shape!r}")
+        out.append(TensorSpec(name, dtype, tuple(shape)))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------- the bundle
+
+
+class Bundle:
+    """A verified bundle folder. `manifest` is the parsed JSON; the properties are the fields the runtime uses."""
+
+    def __init__(self, path: Path, manifest: dict, models: dict[str, ModelSpec]):
+        self.path = path
+        self.manifest = manifest
+        self.models = models
+
+    # ---- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        try:
+            return cls._load(Path(path), verify)
+        except BundleError as e:
+            raise BundleError(_one_line(str(e))) from None
+
+    @classmethod
+    def _load(cls, path: Path, verify: bool) -> "Bundle":
+        if not path.exists():
+            raise BundleError(f"bundle not found: {path} (export one with `mousai export CHECKPOINT -o {path}`)")
+        if not path.is_dir():
+            raise BundleError(f"not a bundle folder: {path}")
+        mf = path / "manifest.json"
+        if not mf.is_file():
+            raise BundleError(f"not a bundle (no manifest.json): {path}")
+        try:
+            m = json.loads(mf.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"unreadable manifest {mf}: {e}")
+        if not isinstance(m, dict):
+            raise BundleError(f"{mf}: the manifest must be a JSON object")
+        if m.get("format") != FORMAT:
+            raise BundleError(f"{mf}: not a mousai bundle manifest (format {m.get('format')!r}, expected {FORMAT!r})")
+        if m.get("version") != VERSION or isinstance(m.get("version"), bool):
+            raise BundleError(f"{path}: bundle format version {m.get('version')!r} is not supported "
+                              f"(this runtime reads version {VERSION}); re-export it or upgrade mousai")
+        unknown = sorted(set(m) - set(REQUIRED_TOP) - set(OPTIONAL_TOP))
+        if unknown:
+            raise BundleError(f"{mf}: unknown top-level field(s) {unknown} (format version {VERSION} has none)")
+        missing = [k for k in REQUIRED_TOP if k not in m]
+        if missing:
+            raise BundleError(f"{mf}: missing field(s) {missing}")
+        models = cls._check_fields(m)
+        b = cls(path, m, models)
+        b._check_files(verify)
+        return b
+
+    @staticmethod
+    def _check_fields(m: dict) -> dict[str, ModelSpec]:
+        _str(m, "name", "manifest")
+        if m["precision"] not in ("fp32", "fp16"):
+            raise BundleError(f"manifest.precision must be 'fp32' or 'fp16', got {m['precision']!r}")
+        a = _obj(m, "audio")
+        _int(a, "sample_rate", "audio")
+        if _int(a, "channels", "audio") != 2:
+            raise BundleError(f"audio.channels must be 2 (stereo), got {a['channels']}")
+        _num(a, "audio_scale", "audio", positive=True)
+        lat = _obj(m, "latent")
+        _int(lat, "channels", "latent"), _int(lat, "hop", "latent")
+        s = _obj(m, "stft")
+        _int(s, "n_fft", "stft", 2), _int(s, "hop", "stft")
+        _bool(s, "center", "stft"), _bool(s, "normalized", "stft")
+        if s.get("window") != "hann":
+            raise BundleError(f"stft.window must be 'hann', got {s.get('window')!r}")
+        if s["center"] and s.get("pad_mode") != "reflect":
+            raise BundleError(f"stft.pad_mode must be 'reflect', got {s.get('pad_mode')!r}")
+        t = _obj(m, "text")
+        _int(t, "max_length", "text"), _int(t, "features", "text"), _int(t, "pad_id", "text", 0)
+        check_relative_path(t.get("tokenizer"), "text.tokenizer")
+        d = _obj(m, "decoder_info")
+        mult = _int(d, "length_multiple", "decoder_info")
+        if mult % lat["hop"]:
+            raise BundleError(f"decoder_info.length_multiple {mult} is not a multiple of latent.hop {lat['hop']}")
+        _int(d, "receptive_field", "decoder_info", 0)
+        _int(_obj(m, "generator_info"), "length_multiple", "generator_info")
+        df = _obj(m, "defaults")
+        if df.get("sampler") != "ddim" or df.get("schedule") != "linear":
+            raise BundleError(f"defaults: this runtime implements sampler 'ddim' with schedule 'linear', "
+                              f"not {df.get('sampler')!r}/{df.get('schedule')!r}")
+        _int(df, "generator_steps", "defaults"), _int(df, "decoder_steps", "defaults")
+        _num(df, "guidance", "defaults")
+        if _num(df, "max_seconds", "defaults", positive=True) < _num(df, "seconds", "defaults", positive=True):
+            raise BundleError("defaults.max_seconds is smaller than defaults.seconds")
+        for opt in OPTIONAL_TOP:
+            if opt in m and opt != "created" and not isinstance(m[opt], dict):
+                raise BundleError(f"manifest.{opt} must be an object")
+        if "created" in m and not isinstance(m["created"], str):
+            raise BundleError("manifest.created must be a string")
+
+        files = _obj(m, "files")
+        for name, entry in files.items():
+            check_relative_path(name, "files")
+            if not isinstance(entry, dict) or set(entry) - {"sha256", "bytes"}:
+                raise BundleError(f"files[{name!r}] must be {{'sha256': ..., 'bytes': ...}}")
+            if not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
+                raise BundleError(f"files[{name!r}].sha256 must be 64 lowercase hex digits")
+            if "bytes" in entry:
+                _int(entry, "bytes", f"files[{name!r}]", 0)
+        if t["tokenizer"] not in files:
+            raise BundleError(f"text.tokenizer {t['tokenizer']!r} is not listed in files (it must be hashed)")
+
+        specs: dict[str, ModelSpec] = {}
+        ms = _obj(m, "models")
+        unknown = sorted(set(ms) - set(COMPONENT_IO))
+        if unknown:
+            raise BundleError(f"models: unknown component(s) {unknown}")
+        for comp in REQUIRED_COMPONENTS:
+            if comp not in ms:
+                raise BundleError(f"models.{comp} is missing")
+        for comp, spec in ms.items():
+            w = f"models.{comp}"
+            if not isinstance(spec, dict):
+                raise BundleError(f"{w} must be an object")
+            f = check_relative_path(spec.get("file"), f"{w}.file")
+            if f not in files:
+                raise BundleError(f"{w}.file {f!r} is not listed in files (it must be hashed)")
+            ins, outs = _tensor_list(spec.get("inputs"), f"{w}.inputs"), _tensor_list(spec.get("outputs"), f"{w}.outputs")
+            need_in, need_out = COMPONENT_IO[comp]
+            have_in, have_out = [x.name for x in ins], [x.name for x in outs]
+            if sorted(have_in) != sorted(need_in):
+                raise BundleError(f"{w}.inputs are {have_in}; this runtime feeds {list(need_in)}")
+            if not set(need_out) <= set(have_out):
+                raise BundleError(f"{w}.outputs are {have_out}; this runtime reads {list(need_out)}")
+            specs[comp] = ModelSpec(comp, f, ins, outs)
+        return specs
+
+    def _inside(self, name: str) -> Path:
+        p = self.path / name
+        root = self.path.resolve()
+        real = p.resolve()
+        if root != real and root not in real.parents:
+            raise BundleError(f"{self.path}: {name!r} resolves outside the bundle folder ({real})")
+        return p
+
+    def _check_files(self, verify: bool) -> None:
+        for name, entry in self.manifest["files"].items():
+            p = self._inside(name)
+            if not p.is_file():
+                raise BundleError(f"{self.path}: missing file {name} (listed in manifest.json); the bundle is "
+                                  "incomplete: re-export it")
+            if "bytes" in entry and p.stat().st_size != entry["bytes"]:
+                raise BundleError(f"{self.path}: {name} has {p.stat().st_size} bytes, the manifest says "
+                                  f"{entry['bytes']}: the file is corrupt or was replaced")
+            if verify:
+                digest, _ = sha256_file(p)
+                if digest != entry["sha256"]:
+                    raise BundleError(f"{self.path}: sha256 mismatch for {name} (got {digest[:12]}..., manifest "
+                                      f"{entry['sha256'][:12]}...): the file is corrupt or was replaced")
+
+    # ---- verified access
+    def file_path(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: {name!r} is not listed in manifest.json files")
+        return self._inside(name)
+
+    def read_bytes(self, name: str) -> bytes:
+        """The file's bytes, hashed now: the exact bytes returned are the verified ones."""
+        data = self.file_path(name).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.manifest["files"][name]["sha256"]:
+            raise BundleError(f"{self.path}: sha256 mismatch for {name} (changed after loading?): refusing to use it")
+        return data
+
+    def model_bytes(self, component: str) -> bytes:
+        return self.read_bytes(self.model(component).file)
+
+    def model(self, component: str) -> ModelSpec:
+        if component not in self.models:
+            raise BundleError(f"{self.path}: the bundle has no {component} model")
+        return self.models[component]
+
+    def has(self, component: str) -> bool:
+        return component in self.models
+
+    # ---- convenience
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest["audio"]["sample_rate"]
+
+    @property
+    def channels(self) -> int:
+        return self.manifest["audio"]["channels"]
+
+    @property
+    def audio_scale(self) -> float:
+        return float(self.manifest["audio"]["audio_scale"])
+
+    @property
+    def latent_channels(self) -> int:
+        return self.manifest["latent"]["channels"]
+
+    @property
+    def hop(self) -> int:
+        return self.manifest["latent"]["hop"]
+
+    @property
+    def stft(self) -> dict:
+        return self.manifest["stft"]
+
+    @property
+    def text(self) -> dict:
+        return self.manifest["text"]
+
+    @property
+    def decoder_multiple(self) -> int:
+        """Audio samples: decoder inputs are padded to a multiple of this."""
+        return self.manifest["decoder_info"]["length_multiple"]
+
+    @property
+    def decoder_multiple_frames(self) -> int:
+        return self.decoder_multiple // self.hop
+
+    @property
+    def receptive_field(self) -> int:
+        return self.manifest["decoder_info"]["receptive_field"]
+
+    @property
+    def generator_multiple(self) -> int:
+        return self.manifest["generator_info"]["length_multiple"]
+
+    @property
+    def defaults(self) -> dict:
+        return self.manifest["defaults"]
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(key, value) rows for a readable table (`mousai info`)."""
+        m = self.manifest
+        rows: list[tuple[str, str]] = [("path", str(self.path))]
+        for k in ("name", "created", "precision"):
+            if k in m:
+                rows.append((k, str(m[k])))
+        for k in ("versions", "source", "audio", "latent", "stft", "text", "decoder_info", "generator_info",
+                  "defaults"):
+            for kk, vv in (m.get(k) or {}).items():
+                rows.append((f"{k}.{kk}", json.dumps(vv) if not isinstance(vv, str) else vv))
+        for comp, spec in self.models.items():
+            ins = ", ".join(f"{t.name}{list(t.shape)}" for t in spec.inputs)
+            outs = ", ".join(f"{t.name}{list(t.shape)}" for t in spec.outputs)
+            rows.append((f"models.{comp}", f"{spec.file}: {ins} -> {outs}"))
+        for name, e in m["files"].items():
+            size = e.get("bytes")
+            rows.append((f"files.{name}", f"{e['sha256'][:16]}...  " + (f"{size / 1e6:.2f} MB" if size is not None else "")))
+        for comp, figs in (m.get("parity") or {}).items():
+            if figs:
+                rows.append((f"parity.{comp}", json.dumps(figs)))
+        return rows

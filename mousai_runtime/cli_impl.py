@@ -1,0 +1,148 @@
+"""The bodies of `mousai generate` and `mousai info` (cli.py wires them into typer).
+
+Every bad input ends as one line `error: ...` on stderr and exit code 2, and no output file is created.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+EXIT_USAGE = 2
+
+
+def _err(msg: str) -> int:
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.2f} s"
+    m, s = divmod(s, 60)
+    return f"{int(m)} min {s:04.1f} s"
+
+
+def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Optional[int] = None,
+                     guidance: Optional[float] = None, seed: int = 0, model: str = "engines/default",
+                     engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
+                     spectrogram: Optional[str] = None) -> int:
+    from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
+        write_spectrogram
+    from .bundle import BundleError
+    from .engines import EngineError
+    from .pipeline import Cancelled, InputError, Pipeline
+    from .sampling import NonFiniteError
+
+    # cheap checks first: nothing is loaded or written before all of these pass
+    try:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
+        if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+            raise InputError(f"--seconds must be a finite number > 0, got {seconds}")
+        if steps is not None and steps < 1:
+            raise InputError(f"--steps must be >= 1, got {steps}")
+        if guidance is not None and not math.isfinite(guidance):
+            raise InputError(f"--guidance must be a finite number, got {guidance}")
+        if loudness is not None and (not math.isfinite(loudness) or not -70 <= loudness <= 0):
+            raise InputError(f"--loudness must be between -70 and 0 LUFS, got {loudness}")
+        fmt = resolve_format(out, format)
+        check_writable_target(out)
+        if spectrogram:
+            if Path(spectrogram).suffix.lower() != ".png":
+                raise AudioError(f"--spectrogram must name a .png file, got {spectrogram!r}")
+            check_writable_target(spectrogram)
+        if str(engine).lower() not in ("onnx", "trt", "tensorrt", "torch"):
+            raise InputError(f"unknown --engine {engine!r}: use onnx, trt or torch")
+    except (InputError, AudioError) as e:
+        return _err(str(e))
+
+    t_load = time.perf_counter()
+    try:
+        pipe = Pipeline(model, engine=engine)
+        pipe.check_inputs(prompt, seconds, steps, guidance, seed)
+    except (BundleError, EngineError, InputError) as e:
+        return _err(str(e))
+    load_s = time.perf_counter() - t_load
+
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    names = {"text": "text     ", "generator": "generator", "decoder": "decoder  "}
+
+    def stage(name: str, done: int, total: int) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[name] = tqdm(total=total, desc=names.get(name, name), unit="step", file=sys.stderr,
+                                    leave=True, dynamic_ncols=True, disable=None)
+        bar.n = done
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage)
+    except InputError as e:
+        return _err(str(e))
+    except NonFiniteError as e:
+        return _err(str(e))
+    except (KeyboardInterrupt, Cancelled):
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        for bar in bars.values():
+            bar.close()
+    wall = time.perf_counter() - t0
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+
+    sr = pipe.sample_rate
+    try:
+        note = ""
+        if loudness is not None:
+            audio, res = normalize_loudness(audio, sr, loudness)
+            note = f"; loudness {res.input_lufs:.1f} -> {res.output_lufs:.1f} LUFS, true peak {res.true_peak_db:.1f} dBTP"
+            if res.limited_db > 0.05:
+                note += f" (limited {res.limited_db:.1f} dB)"
+        info = write_audio(out, audio, sr, fmt)
+        if spectrogram:
+            write_spectrogram(spectrogram, audio, sr, title=prompt)
+    except AudioError as e:
+        return _err(str(e))
+    except OSError as e:
+        return _err(f"cannot write {out}: {e.strerror or e}")
+    if info["clipped"]:
+        print(f"warning: {info['clipped']} samples beyond +-1 were clipped for {fmt} (use --loudness or wav)",
+              file=sys.stderr)
+    audio_s = audio.shape[-1] / sr
+    rtf = wall / audio_s
+    print(f"wrote {os.path.abspath(out)} ({_seconds(audio_s)}, {sr} Hz stereo, {fmt} {info['subtype']}){note}")
+    print(f"generated in {wall:.2f} s (+{load_s:.2f} s loading): real-time factor {rtf:.3f} "
+          f"({1 / rtf:.1f}x faster than real time)" if rtf < 1 else
+          f"generated in {wall:.2f} s (+{load_s:.2f} s loading): real-time factor {rtf:.3f} "
+          f"({rtf:.1f}x slower than real time)")
+    print(f"engine: {pipe.engine.describe()}")
+    if spectrogram:
+        print(f"spectrogram: {os.path.abspath(spectrogram)}")
+    return 0
+
+
+def info_command(bundle_dir: str) -> int:
+    from .bundle import Bundle, BundleError
+
+    try:
+        b = Bundle.load(bundle_dir, verify=True)
+    except BundleError as e:
+        return _err(str(e))
+    rows = b.summary_rows() + [("verified", f"all {len(b.manifest['files'])} files match their sha256")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k.ljust(width)}  {v}")
+    return 0

@@ -1,0 +1,427 @@
+"""One interface for running a component step: ONNX Runtime, TensorRT (native engines), torch (parity tests only).
+
+    engine.run(component, {input name: array}) -> array      component in text_encoder, generator, encoder, decoder
+
+Sessions / engines are created once per component (lazily, under a lock) and reused. `run` is safe to call from
+several threads (ORT's InferenceSession.run is thread-safe; the TensorRT and torch engines serialise per component).
+Nothing here imports torch unless the torch engine is constructed.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, BundleError
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run here (missing GPU, provider, TensorRT, torch, ...). One-line message."""
+
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+PROVIDER_ALIASES = {
+    "trt": "TensorrtExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once); falls back to os.cpu_count()."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        base = f"/sys/devices/system/cpu/cpu{c}/topology"
+        try:
+            with open(f"{base}/core_id") as f1, open(f"{base}/physical_package_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(c)))
+    return max(1, len(cores))
+
+
+class Engine:
+    """Base: `run(component, inputs) -> first output` and a description of what really runs."""
+
+    kind = "base"
+
+    def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def prepare(self, components: Sequence[str]) -> None:
+        """Create the sessions now (so the first generation does not pay for it)."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    @property
+    def providers(self) -> list[str]:
+        return []
+
+
+# ------------------------------------------------------------------------------------------------- ONNX Runtime
+
+
+def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
+    """Named providers (aliases trt/cuda/cpu allowed) or, for None, the best available: TensorRT, CUDA, CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested is None:
+        chosen = [p for p in PREFERENCE if p in available]
+        return chosen or ["CPUExecutionProvider"]
+    if isinstance(requested, str):
+        requested = [r for r in requested.split(",") if r.strip()]
+    out = []
+    for r in requested:
+        name = PROVIDER_ALIASES.get(r.strip().lower(), r.strip())
+        if name not in available:
+            raise EngineError(f"ONNX Runtime provider {name} is not available here (available: "
+                              f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and a GPU")
+        out.append(name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")  # for the nodes a GPU provider does not take
+    return out
+
+
+class OrtEngine(Engine):
+    """ONNX Runtime sessions over a bundle's graphs (created from the verified bytes)."""
+
+    kind = "onnx"
+
+    def __init__(self, bundle: Bundle, providers: Sequence[str] | str | None = None, threads: int | None = None,
+                 spinning: bool = True, log_severity: int = 3):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.bundle = bundle
+        self.explicit = providers is not None
+        self.requested = resolve_providers(providers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise EngineError(f"threads must be an integer >= 1, got {threads!r}")
+        self.threads = threads or physical_cores()
+        self.spinning = spinning
+        self.log_severity = log_severity
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._used: dict[str, list[str]] = {}
+
+    def _options(self):
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_cpu_mem_arena = True
+        so.enable_mem_pattern = True
+        so.log_severity_level = self.log_severity
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return so
+
+    def _provider_options(self) -> list:
+        out = []
+        for p in self.requested:
+            if p == "TensorrtExecutionProvider":
+                cache = Path(os.environ.get("MOUSAI_CACHE", Path.home() / ".cache" / "mousai")) / "ort-trt"
+                opts = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+                if self.bundle.manifest.get("precision") == "fp16":
+                    opts["trt_fp16_enable"] = "True"
+                out.append((p, opts))
+            else:
+                out.append(p)
+        return out
+
+    def session(self, component: str):
+        s = self._sessions.get(component)
+        if s is not None:
+            return s
+        with self._lock:
+            s = self._sessions.get(component)
+            if s is None:
+                s = self._create(component)
+                self._sessions[component] = s
+        return s
+
+    def _create(self, component: str):
+        ort = self._ort
+        spec = self.bundle.model(component)
+        data = self.bundle.model_bytes(component)  # hashed now
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sess = ort.InferenceSession(data, sess_options=self._options(), providers=self._provider_options())
+        except Exception as e:  # ORT raises its own exception types
+            raise EngineError(f"ONNX Runtime cannot load {spec.file}: {' '.join(str(e).split())[:300]}") from None
+        used = sess.get_providers()
+        self._used[component] = used
+        if self.explicit and self.requested[0] not in used:
+            raise EngineError(f"asked for {self.requested[0]} but ONNX Runtime runs {spec.file} on {used[0]} "
+                              "(no usable GPU / driver / TensorRT?)")
+        names = {i.name for i in sess.get_inputs()}
+        want = {t.name for t in spec.inputs}
+        if names != want:
+            raise BundleError(f"{spec.file} has inputs {sorted(names)}, the manifest says {sorted(want)}")
+        return sess
+
+    def prepare(self, components: Sequence[str]) -> None:
+        for c in components:
+            if self.bundle.has(c):
+                self.session(c)
+
+    def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        sess = self.session(component)
+        spec = self.bundle.model(component)
+        feeds = {t.name: np.ascontiguousarray(inputs[t.name], dtype=_NP_DTYPES[t.dtype]) for t in spec.inputs}
+        out_name = [t.name for t in spec.outputs][0]
+        out = sess.run([out_name], feeds)[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers sessions really use (first = where the work runs); requested ones until a session exists."""
+        if self._used:
+            return next(iter(self._used.values()))
+        return list(self.requested)
+
+    def describe(self) -> str:
+        if not self._used:
+            return f"onnxruntime {self._ort.__version__} (requested {', '.join(self.requested)}; {self.threads} threads)"
+        parts = sorted({u[0] for u in self._used.values()})
+        return f"onnxruntime {self._ort.__version__} on {', '.join(parts)} ({self.threads} intra-op threads)"
+
+
+# ------------------------------------------------------------------------------------------------- TensorRT
+
+
+TRT_HELP = ("--engine trt needs an NVIDIA GPU and TensorRT (pip install 'mousai[trt]' cuda-python on a CUDA "
+            "machine, and a bundle exported with --engine trt); use --engine onnx here")
+
+
+def _import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            return None
+    return cudart
+
+
+class TensorRTEngine(Engine):
+    """Native TensorRT engines from `bundle/trt/*.engine` (TensorRT 10 API, device memory via cuda-python).
+
+    Engine files are named `trt/<component>.<onnx sha256[:16]>.trt<TensorRT version>.sm<major><minor>.engine`
+    and must be listed (hashed) in the manifest's `files`. One execution context and one CUDA stream per component;
+    `run` serialises per component (a context is not thread-safe).
+    """
+
+    kind = "trt"
+
+    def __init__(self, bundle: Bundle, device: int = 0):
+        try:
+            import tensorrt as trt  # type: ignore
+        except ImportError:
+            raise EngineError(TRT_HELP + " (no tensorrt module)") from None
+        cudart = _import_cudart()
+        if cudart is None:
+            raise EngineError(TRT_HELP + " (no cuda-python module)")
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count == 0:
+            raise EngineError(TRT_HELP + " (no CUDA device found)")
+        self.trt, self.cudart, self.bundle, self.device = trt, cudart, bundle, device
+        self._check(cudart.cudaSetDevice(device))
+        err, props = cudart.cudaGetDeviceProperties(device)
+        self._check(err)
+        self.cc = f"{props.major}{props.minor}"
+        self.gpu_name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self._lock = threading.Lock()
+        self._parts: dict[str, dict] = {}
+
+    def _check(self, err):
+        if isinstance(err, tuple):
+            err = err[0]
+        if int(err) != 0:
+            raise EngineError(f"CUDA error {err} in the TensorRT engine")
+
+    def engine_file(self, component: str) -> str:
+        onnx_sha = self.bundle.manifest["files"][self.bundle.model(component).file]["sha256"]
+        want = f"trt/{component}.{onnx_sha[:16]}.trt{self.trt.__version__}.sm{self.cc}.engine"
+        if want in self.bundle.manifest["files"]:
+            return want
+        found = sorted(os.path.relpath(p, self.bundle.path)
+                       for p in glob.glob(str(self.bundle.path / "trt" / f"{component}.*.engine")))
+        raise EngineError(f"no TensorRT engine for {component} built for TensorRT {self.trt.__version__} on "
+                          f"compute capability {self.cc} (wanted {want}; the bundle has {found or 'none'}): "
+                          "re-export with --engine trt on this machine")
+
+    def _part(self, component: str) -> dict:
+        p = self._parts.get(component)
+        if p is not None:
+            return p
+        with self._lock:
+            if component not in self._parts:
+                data = self.bundle.read_bytes(self.engine_file(component))  # hashed
+                engine = self.runtime.deserialize_cuda_engine(data)
+                if engine is None:
+                    raise EngineError(f"TensorRT could not deserialize the {component} engine (version mismatch?)")
+                ctx = engine.create_execution_context()
+                err, stream = self.cudart.cudaStreamCreate()
+                self._check(err)
+                self._parts[component] = {"engine": engine, "ctx": ctx, "stream": stream, "buffers": {},
+                                          "lock": threading.Lock()}
+        return self._parts[component]
+
+    def _buffer(self, part: dict, name: str, nbytes: int) -> int:
+        ptr, size = part["buffers"].get(name, (None, 0))
+        if ptr is None or size < nbytes:
+            if ptr is not None:
+                self._check(self.cudart.cudaFree(ptr))
+            err, ptr = self.cudart.cudaMalloc(max(nbytes, 1))
+            self._check(err)
+            part["buffers"][name] = (ptr, nbytes)
+        return int(ptr)
+
+    def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        trt, cudart = self.trt, self.cudart
+        part = self._part(component)
+        spec = self.bundle.model(component)
+        engine, ctx, stream = part["engine"], part["ctx"], part["stream"]
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with part["lock"]:
+            host_in = []
+            for t in spec.inputs:
+                arr = np.ascontiguousarray(inputs[t.name], dtype=trt.nptype(engine.get_tensor_dtype(t.name)))
+                host_in.append(arr)
+                if not ctx.set_input_shape(t.name, arr.shape):
+                    raise EngineError(f"TensorRT {component}: input {t.name} shape {arr.shape} is outside the "
+                                      "engine's optimisation profile (use a chunk size within it)")
+                ptr = self._buffer(part, t.name, arr.nbytes)
+                self._check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, stream))
+                ctx.set_tensor_address(t.name, ptr)
+            out_name = spec.outputs[0].name
+            shape = tuple(ctx.get_tensor_shape(out_name))
+            out = np.empty(shape, dtype=trt.nptype(engine.get_tensor_dtype(out_name)))
+            optr = self._buffer(part, out_name, out.nbytes)
+            ctx.set_tensor_address(out_name, optr)
+            for o in spec.outputs[1:]:  # unused extra outputs still need an address
+                oshape = tuple(ctx.get_tensor_shape(o.name))
+                nbytes = int(np.prod(oshape)) * np.dtype(trt.nptype(engine.get_tensor_dtype(o.name))).itemsize
+                ctx.set_tensor_address(o.name, self._buffer(part, o.name, nbytes))
+            if not ctx.execute_async_v3(stream):
+                raise EngineError(f"TensorRT {component}: execution failed")
+            self._check(cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes, d2h, stream))
+            self._check(cudart.cudaStreamSynchronize(stream))
+        return out.astype(np.float32, copy=False)
+
+    def prepare(self, components: Sequence[str]) -> None:
+        for c in components:
+            if self.bundle.has(c):
+                self._part(c)
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"TensorRT {self.trt.__version__} on {self.gpu_name} (sm{self.cc})"]
+
+    def describe(self) -> str:
+        return self.providers[0]
+
+    def close(self) -> None:
+        for part in self._parts.values():
+            for ptr, _ in part["buffers"].values():
+                self.cudart.cudaFree(ptr)
+            self.cudart.cudaStreamDestroy(part["stream"])
+        self._parts.clear()
+
+
+# ------------------------------------------------------------------------------------------------- torch
+
+
+class TorchEngine(Engine):
+    """The PyTorch models of a checkpoint folder, for parity tests. Imports torch (lazily, here only)."""
+
+    kind = "torch"
+
+    def __init__(self, checkpoint: str | os.PathLike, threads: int | None = None, text_encoder: Any = None):
+        try:
+            import torch
+            from training.checkpoint import CheckpointError, load_models
+        except ImportError as e:
+            raise EngineError(f"--engine torch needs torch and the training package ({e})") from None
+        self.torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.config, models = load_models(checkpoint)
+        except CheckpointError as e:
+            raise EngineError(str(e)) from None
+        self.dmae, self.generator = models["dmae"], models["generator"]
+        self._text = text_encoder  # a FrozenTextEncoder-like module, built lazily
+        self._lock = threading.Lock()
+        self.checkpoint = Path(checkpoint)
+
+    def text_encoder(self):
+        with self._lock:
+            if self._text is None:
+                from training.model.text import FrozenTextEncoder
+
+                self._text = FrozenTextEncoder(self.config.text.encoder, self.config.text.max_length)
+            return self._text
+
+    def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        t = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in inputs.items()}
+        with torch.no_grad():
+            if component == "text_encoder":
+                te = self.text_encoder()
+                out = te.states(t["input_ids"].long(), t["attention_mask"].long())
+            elif component == "generator":
+                out = self.generator.guided(t["x"].float(), t["sigma"].float(), t["text_states"].float(),
+                                            t["text_mask"].float(), t["guidance"].float())
+            elif component == "encoder":
+                out = self.dmae.encoder.frames_to_latent(t["magnitude"].float())
+            elif component == "decoder":
+                out = self.dmae.denoise(t["x"].float(), t["sigma"].float(), t["latent"].float())
+            else:
+                raise EngineError(f"unknown component {component}")
+        return out.float().numpy()
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"torch {self.torch.__version__} CPU"]
+
+    def describe(self) -> str:
+        return f"torch {self.torch.__version__} eager ({self.checkpoint})"
+
+
+def make_engine(kind: str | Engine, bundle: Bundle, providers=None, threads: int | None = None,
+                checkpoint: str | os.PathLike | None = None) -> Engine:
+    if isinstance(kind, Engine):
+        return kind
+    k = str(kind).lower()
+    if k in ("onnx", "ort", "onnxruntime"):
+        return OrtEngine(bundle, providers=providers, threads=threads)
+    if k in ("trt", "tensorrt"):
+        return TensorRTEngine(bundle)
+    if k == "torch":
+        if checkpoint is None:
+            raise EngineError("--engine torch is for parity tests: it needs the checkpoint folder the bundle was "
+                              "exported from (Pipeline(bundle, engine='torch', checkpoint=...))")
+        return TorchEngine(checkpoint, threads=threads)
+    raise EngineError(f"unknown engine {kind!r}: use onnx, trt or torch")

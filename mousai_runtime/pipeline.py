@@ -1,0 +1,300 @@
+"""Text -> latent -> audio with a bundle: `Pipeline.generate` (whole clip) and `Pipeline.stream` (blocks as decoded).
+
+    pipe = Pipeline("engines/default")                   # numpy + ONNX Runtime; no torch
+    audio = pipe.generate("calm ambient pads", seconds=10, seed=0)   # float32 [2, N] at pipe.sample_rate
+
+One Pipeline may be used from several threads at once: the only shared mutable state (the per-prompt text cache and
+the tokenizer) is behind a lock; sessions are created once and ORT's run() is thread-safe; every call has its own
+noise and buffers. Same prompt, seconds, steps, guidance and seed -> the same audio.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .bundle import Bundle, BundleError
+from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
+from .engines import Engine, EngineError, make_engine
+from .sampling import ddim_sample, linear_sigmas
+from .stft import magnitude_stft
+
+
+class InputError(ValueError):
+    """A bad argument to generate/stream (empty prompt, bad seconds/steps/guidance/seed)."""
+
+
+class Cancelled(Exception):
+    """The render was cancelled through its cancel token."""
+
+
+class CancelToken:
+    """A thread-safe flag: cancel() from any thread; the render stops within one denoising step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    cancelled = property(is_set)
+
+
+def is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+ProgressFn = Callable[[float], None]
+StageFn = Callable[[str, int, int], None]  # (stage, done, total): stage in text, generator, decoder
+
+
+class _Tracker:
+    """Progress over all model calls of one render (each call one unit) + cancel checks."""
+
+    def __init__(self, total: int, progress: ProgressFn | None, stage_fn: StageFn | None, cancel: Any):
+        self.total, self.done = max(1, total), 0
+        self.progress, self.stage_fn, self.cancel = progress, stage_fn, cancel
+        self.stage_done: dict[str, int] = {}
+        self.stage_total: dict[str, int] = {}
+
+    def check(self) -> None:
+        if is_cancelled(self.cancel):
+            raise Cancelled("cancelled")
+
+    def start(self, stage: str, total: int) -> None:
+        self.stage_done[stage], self.stage_total[stage] = 0, total
+        if self.stage_fn is not None:
+            self.stage_fn(stage, 0, total)
+
+    def step(self, stage: str) -> None:
+        self.done += 1
+        self.stage_done[stage] = self.stage_done.get(stage, 0) + 1
+        if self.stage_fn is not None:
+            self.stage_fn(stage, self.stage_done[stage], self.stage_total.get(stage, 0))
+        if self.progress is not None:
+            self.progress(min(1.0, self.done / self.total))
+        self.check()
+
+
+class Pipeline:
+    def __init__(self, bundle_dir: str | os.PathLike = "engines/default", engine: str | Engine = "onnx",
+                 providers: list[str] | str | None = None, threads: int | None = None, *,
+                 checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 10.0,
+                 text_cache: int = 32, prepare: bool = True):
+        self.bundle = Bundle.load(bundle_dir, verify=verify)
+        self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
+        self.tokenizer = self._load_tokenizer()
+        b = self.bundle
+        self.sample_rate, self.hop = b.sample_rate, b.hop
+        chunk_frames = None if chunk_seconds is None else max(1, round(chunk_seconds * b.sample_rate / b.hop))
+        self.decoder = ChunkedDecoder(self._decoder_fn, hop=b.hop, multiple_frames=b.decoder_multiple_frames,
+                                      audio_scale=b.audio_scale, receptive_field=b.receptive_field,
+                                      channels=b.channels, chunk_frames=chunk_frames)
+        self._lock = threading.Lock()
+        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._text_cache_size = text_cache
+        if prepare:
+            self.engine.prepare(["text_encoder", "generator", "decoder"])
+
+    # ---------------------------------------------------------------------------------------------- text
+    def _load_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        t = self.bundle.text
+        try:
+            tok = Tokenizer.from_str(self.bundle.read_bytes(t["tokenizer"]).decode("utf-8"))
+        except BundleError:
+            raise
+        except Exception as e:
+            raise BundleError(f"{self.bundle.path}: unreadable tokenizer {t['tokenizer']}: {' '.join(str(e).split())}")
+        direction = (tok.padding or {}).get("direction", "right")
+        pad_token = tok.id_to_token(t["pad_id"]) or "[PAD]"
+        tok.enable_truncation(max_length=t["max_length"])
+        tok.enable_padding(direction=direction, pad_id=t["pad_id"], pad_token=pad_token, length=t["max_length"])
+        return tok
+
+    def text_states(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """(states [1, max_length, features], mask [1, max_length]) float32, cached per prompt."""
+        with self._lock:
+            hit = self._text_cache.get(prompt)
+            if hit is not None:
+                self._text_cache.move_to_end(prompt)
+                return hit
+            enc = self.tokenizer.encode(prompt)
+        if enc.overflowing:
+            warnings.warn(f"the prompt is longer than {self.bundle.text['max_length']} tokens and was truncated",
+                          stacklevel=3)
+        ids = np.asarray([enc.ids], dtype=np.int64)
+        mask = np.asarray([enc.attention_mask], dtype=np.int64)
+        states = self.engine.run("text_encoder", {"input_ids": ids, "attention_mask": mask}).astype(np.float32)
+        states.setflags(write=False)
+        maskf = mask.astype(np.float32)
+        maskf.setflags(write=False)
+        with self._lock:
+            self._text_cache[prompt] = (states, maskf)
+            while len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
+        return states, maskf
+
+    # ---------------------------------------------------------------------------------------------- checks
+    def check_inputs(self, prompt: Any, seconds: Any, steps: Any = None, guidance: Any = None, seed: Any = 0,
+                     decoder_steps: Any = None) -> tuple[str, float, int, float, int, int]:
+        """Validate and fill defaults; raises InputError (a ValueError) with a one-line message."""
+        d = self.bundle.defaults
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)):
+            raise InputError(f"seconds must be a number, got {seconds!r}")
+        seconds = float(seconds)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise InputError(f"seconds must be a finite number > 0, got {seconds}")
+        if seconds > d["max_seconds"]:
+            raise InputError(f"seconds {seconds:g} is longer than this bundle's maximum of {d['max_seconds']:g} s")
+        if round(seconds * self.sample_rate) < 1:
+            raise InputError(f"seconds {seconds:g} is shorter than one sample")
+        steps = d["generator_steps"] if steps is None else steps
+        decoder_steps = d["decoder_steps"] if decoder_steps is None else decoder_steps
+        for name, v in (("steps", steps), ("decoder steps", decoder_steps)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+            if v > 10000:
+                raise InputError(f"{name} must be <= 10000, got {v}")
+        guidance = d["guidance"] if guidance is None else guidance
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(guidance)):
+            raise InputError(f"guidance must be a finite number, got {guidance!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise InputError(f"seed must be an integer, got {seed!r}")
+        return prompt, seconds, int(steps), float(guidance), int(seed), int(decoder_steps)
+
+    # ---------------------------------------------------------------------------------------------- models
+    def _decoder_fn(self, x: np.ndarray, sigma: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        return self.engine.run("decoder", {"x": x, "sigma": sigma, "latent": latent})
+
+    def frames_for(self, seconds: float) -> tuple[int, int]:
+        """(latent frames, audio samples) of a clip."""
+        n = int(round(seconds * self.sample_rate))
+        return -(-n // self.hop), n
+
+    def _generate_latent(self, prompt: str, frames: int, steps: int, guidance: float, seed: int,
+                         tracker: _Tracker) -> np.ndarray:
+        tracker.start("text", 1)
+        tracker.check()
+        states, mask = self.text_states(prompt)
+        tracker.step("text")
+        b = self.bundle
+        t_gen = round_up(frames, b.generator_multiple)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([0, seed_words(seed)])))
+        x = rng.standard_normal((1, b.latent_channels, t_gen), dtype=np.float32)
+        g = np.full((1,), guidance, dtype=np.float32)
+
+        def model_fn(xx: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+            tracker.check()
+            return self.engine.run("generator", {"x": xx, "sigma": sigma, "text_states": states,
+                                                 "text_mask": mask, "guidance": g})
+
+        tracker.start("generator", steps)
+        z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
+                        component="generator")
+        return np.ascontiguousarray(z[..., :frames])
+
+    def generate_latent(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
+                        seed: int = 0, progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
+        """The generator's latent [1, C, frames] for a clip of `seconds`."""
+        prompt, seconds, steps, guidance, seed, _ = self.check_inputs(prompt, seconds, steps, guidance, seed)
+        frames, _ = self.frames_for(seconds)
+        return self._generate_latent(prompt, frames, steps, guidance, seed, _Tracker(1 + steps, progress, None, cancel))
+
+    def decode(self, latent: np.ndarray, steps: int | None = None, seed: int = 0, samples: int | None = None,
+               progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
+        """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`)."""
+        steps = self.bundle.defaults["decoder_steps"] if steps is None else steps
+        _, _, _, _, seed, steps = self.check_inputs("x", 1.0, 1, 0.0, seed, steps)
+        latent = np.asarray(latent, dtype=np.float32)
+        if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != self.bundle.latent_channels:
+            raise InputError(f"latent must be [1, {self.bundle.latent_channels}, frames], got {latent.shape}")
+        tracker = _Tracker(self.decoder.total_steps(latent.shape[-1], steps), progress, None, cancel)
+        return self.decoder.decode(latent, steps, GlobalNoise(seed, self.bundle.channels), samples,
+                                   on_step=lambda: tracker.step("decoder"))[0]
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """audio [2, L] (any L, audio units) -> latent [1, C, ceil(L / hop)] (the encoder's magnitude STFT in numpy)."""
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 2 or audio.shape[0] != self.bundle.channels or audio.shape[1] < 1:
+            raise InputError(f"audio must be [{self.bundle.channels}, samples], got {audio.shape}")
+        n = audio.shape[1]
+        frames = -(-n // self.hop)
+        padded = np.zeros((1, audio.shape[0], frames * self.hop), np.float32)
+        padded[0, :, :n] = audio
+        s = self.bundle.stft
+        mag = magnitude_stft(padded, s["n_fft"], s["hop"], s["center"], s["normalized"])
+        z = self.engine.run("encoder", {"magnitude": mag})
+        return np.ascontiguousarray(z[..., :frames])
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def stream(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
+               seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
+               cancel: Any = None, stage_progress: StageFn | None = None) -> Iterator[np.ndarray]:
+        """Validate now, then yield float32 [2, n] audio blocks in order as each decoder chunk finishes.
+
+        Raises Cancelled (from the iterator) within one denoising step of `cancel` being set.
+        """
+        prompt, seconds, steps, guidance, seed, dsteps = self.check_inputs(prompt, seconds, steps, guidance, seed,
+                                                                           decoder_steps)
+        frames, samples = self.frames_for(seconds)
+        dec_total = self.decoder.total_steps(frames, dsteps)
+        tracker = _Tracker(1 + steps + dec_total, progress, stage_progress, cancel)
+        return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker)
+
+    def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker) -> Iterator[np.ndarray]:
+        latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
+        tracker.start("decoder", dec_total)
+        noise = GlobalNoise(seed, self.bundle.channels)
+        for block in self.decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder")):
+            yield block[0]
+
+    def generate(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
+                 seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
+                 cancel: Any = None, stage_progress: StageFn | None = None) -> np.ndarray:
+        """The whole clip: float32 [2, round(seconds * sample_rate)] in [-1, 1]-ish audio units."""
+        it = self.stream(prompt, seconds, steps, guidance, seed, decoder_steps, progress, cancel, stage_progress)
+        _, samples = self.frames_for(float(seconds))
+        out = np.empty((self.bundle.channels, samples), dtype=np.float32)
+        pos = 0
+        for block in it:
+            out[:, pos:pos + block.shape[-1]] = block
+            pos += block.shape[-1]
+        assert pos == samples, (pos, samples)
+        return out
+
+    # ---------------------------------------------------------------------------------------------- info
+    @property
+    def providers(self) -> list[str]:
+        return self.engine.providers
+
+    def describe(self) -> str:
+        return f"bundle {self.bundle.name} ({self.bundle.path}); engine {self.engine.describe()}"
+
+
+def timed_generate(pipe: Pipeline, *args, **kwargs) -> tuple[np.ndarray, float, float]:
+    """(audio, wall seconds, real-time factor = wall / audio seconds)."""
+    t0 = time.perf_counter()
+    audio = pipe.generate(*args, **kwargs)
+    wall = time.perf_counter() - t0
+    return audio, wall, wall / (audio.shape[-1] / pipe.sample_rate)
+
+
+__all__ = ["Pipeline", "InputError", "Cancelled", "CancelToken", "BundleError", "EngineError", "timed_generate"]
