@@ -302,3 +302,31 @@ def test_dep5_last_matching_stanza_wins():
     assert dep5_licence("This package was debianized by ...", "x.ogg") is None
     assert licence_from_tag("http://creativecommons.org/licenses/by-sa/3.0/") == "CC-BY-SA-3.0"
     assert clean_tag("Downloaded at www.example.org") is None and clean_tag("subcities.mp3") == "subcities"
+
+
+# ------------------------------------------------------------------------------------------------- held-out split
+def test_holdout_split_is_excluded_from_training_and_deterministic(tmp_path):
+    from training.data.corpus.build import assign_splits
+
+    meta = {f"audio/src{s}/t{i}.flac": {"path": f"audio/src{s}/t{i}.flac", "source": f"src{s}"}
+            for s in range(3) for i in range(30)}
+    assign_splits(meta)
+    held = {r for r, m in meta.items() if m["split"] == "holdout"}
+    for s in range(3):  # every source keeps at least one held-out track, and most tracks train
+        n = sum(1 for r in held if r.startswith(f"audio/src{s}/"))
+        assert 1 <= n <= 6
+    again = {r: dict(m) for r, m in meta.items()}
+    assign_splits(again)
+    assert {r for r, m in again.items() if m["split"] == "holdout"} == held
+
+    for name, split in (("a.wav", "train"), ("b.wav", "holdout"), ("c.wav", None)):
+        write(tmp_path / name, sine())
+    (tmp_path / "metadata.jsonl").write_text("\n".join(
+        json.dumps({"path": n, "title": n, **({"split": s} if s else {})})
+        for n, s in (("a.wav", "train"), ("b.wav", "holdout"), ("c.wav", None))) + "\n")
+    assert sorted(t.rel for t in AudioFolder(tmp_path).tracks) == ["a.wav", "c.wav"]
+    assert [t.rel for t in AudioFolder(tmp_path, split="holdout").tracks] == ["b.wav"]
+    assert len(AudioFolder(tmp_path, split="all")) == 3
+    texts = [caption_from_metadata(AudioFolder(tmp_path, split="holdout").tracks[0].meta, np.random.default_rng(i))
+             for i in range(50)]
+    assert not any("holdout" in t for t in texts)

@@ -45,7 +45,7 @@ PathLike = Union[str, os.PathLike]
 CAPTION_KEYS = ("title", "artist", "composer", "album", "genre", "style", "year", "bpm", "tempo", "key",
                 "mood", "instruments", "description", "tags")
 #: Keys never used as text (bookkeeping / legal). Anything not in CAPTION_KEYS is ignored anyway.
-NON_CAPTION_KEYS = ("path", "licence", "license", "sha256", "source", "duration", "seed", "copyright",
+NON_CAPTION_KEYS = ("path", "split", "licence", "license", "sha256", "source", "duration", "seed", "copyright",
                     "package", "licence_file", "frames", "samplerate", "id")
 CAPTION_DROPOUT = 0.1
 CAPTION_JOINERS = (" ", ", ")
@@ -160,7 +160,11 @@ class AudioFolder(Dataset):
     ``np.random.default_rng([seed, i])``. ``folder.tracks[i]`` has path/meta/frames/samplerate.
     """
 
-    def __init__(self, root: PathLike, sr: int = 48000, metadata: str = "metadata.jsonl", seed: int = 0):
+    def __init__(self, root: PathLike, sr: int = 48000, metadata: str = "metadata.jsonl", seed: int = 0,
+                 split: str = "train"):
+        if split not in ("train", "holdout", "all"):
+            raise ValueError(f"split must be train, holdout or all, not {split!r}")
+        self.split = split
         self.root = Path(root)
         self.sr = int(sr)
         self.seed = int(seed)
@@ -206,6 +210,9 @@ class AudioFolder(Dataset):
                 skipped.append(rel)
                 continue
             meta = dict(meta_by_rel.get(rel) or {})
+            # held-out tracks (metadata "split": "holdout") are for evaluation only, never for training
+            if split != "all" and (meta.get("split") == "holdout") != (split == "holdout"):
+                continue
             meta["path"] = rel
             if not caption_values(meta):
                 meta["title"] = text_from_filename(rel)

@@ -280,7 +280,8 @@ def build_corpus(out_dir, sources: Optional[list[str]] = None, progress: bool = 
     if bar is not None:
         bar.close()
 
-    # 3) metadata + manifest
+    # 3) metadata (with the held-out split) + manifest
+    assign_splits({k: v for k, v in all_meta.items() if k in files})
     lines = [json.dumps(all_meta[k], ensure_ascii=False, sort_keys=True) for k in sorted(all_meta) if k in files]
     _atomic_write_text(meta_path, "\n".join(lines) + ("\n" if lines else ""))
     man = checkpoint()
@@ -291,6 +292,28 @@ def build_corpus(out_dir, sources: Optional[list[str]] = None, progress: bool = 
         f"({time.time() - t0:.0f} s)")
     log("hours per genre: " + ", ".join(f"{g} {h:.2f}" for g, h in man["hours_per_genre"].items()))
     return man
+
+
+HOLDOUT_EVERY = 20  # ~5% of each source's tracks are held aside (never trained on) for evaluation
+
+
+def _path_hash(rel: str) -> int:
+    return int(hashlib.sha256(rel.encode("utf-8")).hexdigest()[:12], 16)
+
+
+def assign_splits(meta: dict) -> None:
+    """Set meta[rel]["split"] to "holdout" or "train", deterministically from the path alone: a track is held
+    out when its path hash falls in 1/HOLDOUT_EVERY of the range; every source keeps at least one held-out track
+    (its lowest hash). Adding tracks never moves an existing track between splits unless a source had none."""
+    by_source: dict = {}
+    for rel, m in meta.items():
+        by_source.setdefault(m.get("source", "unknown"), []).append(rel)
+    for rels in by_source.values():
+        held = [r for r in rels if _path_hash(r) % HOLDOUT_EVERY == 0]
+        if not held and len(rels) > 1:
+            held = [min(rels, key=_path_hash)]
+        for r in rels:
+            meta[r]["split"] = "holdout" if r in held else "train"
 
 
 def _summarise(files, packages, failed, names, midi_minutes, seed, elapsed) -> dict:
