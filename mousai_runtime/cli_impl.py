@@ -89,10 +89,10 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage)
-    except InputError as e:
+    except (InputError, NonFiniteError, EngineError, BundleError) as e:
         return _err(str(e))
-    except NonFiniteError as e:
-        return _err(str(e))
+    except MemoryError:
+        return _err(f"out of memory generating {seconds:g} s: try a shorter clip")
     except (KeyboardInterrupt, Cancelled):
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130

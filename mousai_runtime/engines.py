@@ -8,7 +8,7 @@ Nothing here imports torch unless the torch engine is constructed.
 """
 from __future__ import annotations
 
-import glob
+import json
 import os
 import threading
 import warnings
@@ -187,7 +187,12 @@ class OrtEngine(Engine):
         spec = self.bundle.model(component)
         feeds = {t.name: np.ascontiguousarray(inputs[t.name], dtype=_NP_DTYPES[t.dtype]) for t in spec.inputs}
         out_name = [t.name for t in spec.outputs][0]
-        out = sess.run([out_name], feeds)[0]
+        try:
+            out = sess.run([out_name], feeds)[0]
+        except Exception as e:  # ORT's own exception types: shape errors, out of memory, ...
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+            raise EngineError(f"ONNX Runtime failed running {spec.file} on {shapes}: "
+                              f"{' '.join(str(e).split())[:300]}") from None
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
     @property
@@ -225,9 +230,11 @@ def _import_cudart():
 class TensorRTEngine(Engine):
     """Native TensorRT engines from `bundle/trt/*.engine` (TensorRT 10 API, device memory via cuda-python).
 
-    Engine files are named `trt/<component>.<onnx sha256[:16]>.trt<TensorRT version>.sm<major><minor>.engine`
-    and must be listed (hashed) in the manifest's `files`. One execution context and one CUDA stream per component;
-    `run` serialises per component (a context is not thread-safe).
+    `trt/engines.json` (written by mousai_export.trt) maps each component to its engine file, the ONNX sha256 it
+    was built from, the TensorRT version and GPU compute capability; all are checked, and the index and engines are
+    hash-verified like every bundle file. The engines' optimisation profiles bound the shapes (the decoder is run
+    in chunks within them). One execution context and one CUDA stream per component; `run` serialises per component
+    (a context is not thread-safe).
     """
 
     kind = "trt"
@@ -235,8 +242,8 @@ class TensorRTEngine(Engine):
     def __init__(self, bundle: Bundle, device: int = 0):
         try:
             import tensorrt as trt  # type: ignore
-        except ImportError:
-            raise EngineError(TRT_HELP + " (no tensorrt module)") from None
+        except Exception:  # ImportError, or an install whose libraries fail to load
+            raise EngineError(TRT_HELP + " (no usable tensorrt module)") from None
         cudart = _import_cudart()
         if cudart is None:
             raise EngineError(TRT_HELP + " (no cuda-python module)")
@@ -247,7 +254,8 @@ class TensorRTEngine(Engine):
         self._check(cudart.cudaSetDevice(device))
         err, props = cudart.cudaGetDeviceProperties(device)
         self._check(err)
-        self.cc = f"{props.major}{props.minor}"
+        self.cc = (int(props.major), int(props.minor))
+        self._index: dict | None = None
         self.gpu_name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -260,16 +268,33 @@ class TensorRTEngine(Engine):
         if int(err) != 0:
             raise EngineError(f"CUDA error {err} in the TensorRT engine")
 
+    def index(self) -> dict:
+        """trt/engines.json (written by the exporter; hashed like every file): which engine serves which graph."""
+        if self._index is None:
+            if "trt/engines.json" not in self.bundle.manifest["files"]:
+                raise EngineError(f"{self.bundle.path} has no TensorRT engines: export it with --engine trt on a "
+                                  "machine with this GPU")
+            try:
+                idx = json.loads(self.bundle.read_bytes("trt/engines.json"))
+            except ValueError as e:
+                raise EngineError(f"unreadable trt/engines.json: {e}") from None
+            cc = f"{self.cc[0]}.{self.cc[1]}"
+            if idx.get("tensorrt") != self.trt.__version__ or idx.get("compute_capability") != cc:
+                raise EngineError(f"the bundle's TensorRT engines were built with TensorRT {idx.get('tensorrt')} "
+                                  f"for compute capability {idx.get('compute_capability')}; this machine has "
+                                  f"TensorRT {self.trt.__version__} and {cc}: re-export with --engine trt here")
+            self._index = idx
+        return self._index
+
     def engine_file(self, component: str) -> str:
+        entry = self.index().get("engines", {}).get(component)
+        if not entry:
+            raise EngineError(f"trt/engines.json has no engine for {component}")
         onnx_sha = self.bundle.manifest["files"][self.bundle.model(component).file]["sha256"]
-        want = f"trt/{component}.{onnx_sha[:16]}.trt{self.trt.__version__}.sm{self.cc}.engine"
-        if want in self.bundle.manifest["files"]:
-            return want
-        found = sorted(os.path.relpath(p, self.bundle.path)
-                       for p in glob.glob(str(self.bundle.path / "trt" / f"{component}.*.engine")))
-        raise EngineError(f"no TensorRT engine for {component} built for TensorRT {self.trt.__version__} on "
-                          f"compute capability {self.cc} (wanted {want}; the bundle has {found or 'none'}): "
-                          "re-export with --engine trt on this machine")
+        if entry.get("onnx_sha256") != onnx_sha:
+            raise EngineError(f"the TensorRT engine for {component} was built from another {component} graph "
+                              "(ONNX sha256 differs): re-export with --engine trt")
+        return entry["file"]
 
     def _part(self, component: str) -> dict:
         p = self._parts.get(component)
@@ -337,7 +362,7 @@ class TensorRTEngine(Engine):
 
     @property
     def providers(self) -> list[str]:
-        return [f"TensorRT {self.trt.__version__} on {self.gpu_name} (sm{self.cc})"]
+        return [f"TensorRT {self.trt.__version__} on {self.gpu_name} (compute capability {self.cc[0]}.{self.cc[1]})"]
 
     def describe(self) -> str:
         return self.providers[0]
@@ -423,5 +448,14 @@ def make_engine(kind: str | Engine, bundle: Bundle, providers=None, threads: int
         if checkpoint is None:
             raise EngineError("--engine torch is for parity tests: it needs the checkpoint folder the bundle was "
                               "exported from (Pipeline(bundle, engine='torch', checkpoint=...))")
+        from .bundle import sha256_file
+
+        src = bundle.manifest.get("source") or {}
+        for key, fname in (("checkpoint_config_sha256", "config.json"), ("dmae_weights_sha256", "dmae.safetensors"),
+                           ("generator_weights_sha256", "generator.safetensors")):
+            f = Path(checkpoint) / fname
+            if key in src and f.is_file() and sha256_file(f)[0] != src[key]:
+                raise EngineError(f"checkpoint {checkpoint} is not the one bundle {bundle.path} was exported from "
+                                  f"({fname} differs): parity would compare different models")
         return TorchEngine(checkpoint, threads=threads)
     raise EngineError(f"unknown engine {kind!r}: use onnx, trt or torch")

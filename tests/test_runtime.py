@@ -84,12 +84,6 @@ def pipe(tiny):
     return Pipeline(tiny["bundle"], chunk_seconds=3.0)
 
 
-def torch_engine(tiny):
-    from mousai_runtime.engines import TorchEngine
-
-    return TorchEngine(tiny["ckpt"])
-
-
 def rel_l2(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -392,7 +386,8 @@ def test_stream_equals_generate_and_is_deterministic(pipe):
 def test_onnx_matches_torch_engine(tiny, pipe):
     from mousai_runtime import Pipeline
 
-    tp = Pipeline(tiny["bundle"], engine=torch_engine(tiny), chunk_seconds=3.0)
+    tp = Pipeline(tiny["bundle"], engine="torch", checkpoint=tiny["ckpt"], chunk_seconds=3.0)
+    assert tp.providers[0].startswith("torch")
     kw = dict(steps=3, decoder_steps=2, seed=2, guidance=2.5)
     a = pipe.generate("ambient", 4.0, **kw)
     b = tp.generate("ambient", 4.0, **kw)
@@ -539,7 +534,7 @@ def test_bundle_rehashes_bytes_it_hands_out(tiny, tmp_path):
 # ------------------------------------------------------------------------------------------------- engines
 
 
-def test_engine_errors_are_clear(tiny):
+def test_engine_errors_are_clear(tiny, tmp_path):
     from mousai_runtime import Bundle, EngineError
     from mousai_runtime.engines import OrtEngine, make_engine
 
@@ -550,6 +545,13 @@ def test_engine_errors_are_clear(tiny):
         OrtEngine(b, providers=["cuda"])
     with pytest.raises(EngineError, match="needs the checkpoint"):
         make_engine("torch", b)
+    other = tmp_path / "ckpt"
+    shutil.copytree(tiny["ckpt"], other)
+    doc = json.loads((other / "config.json").read_text())
+    doc["meta"]["note"] = "another checkpoint"
+    (other / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(EngineError, match="is not the one bundle .* was exported from"):
+        make_engine("torch", b, checkpoint=other)
     with pytest.raises(EngineError, match="unknown engine"):
         make_engine("vulkan", b)
     e = OrtEngine(b, providers="cpu", threads=1)
