@@ -102,37 +102,36 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fm
 
 
 def _kaiser_sinc(factor: int, taps_per_phase: int = 16, beta: float = 8.0) -> np.ndarray:
-    n = factor * taps_per_phase
+    """Odd-length windowed-sinc interpolation filter (cut-off at the original Nyquist), gain `factor`."""
+    n = factor * taps_per_phase + 1
     k = np.arange(n) - (n - 1) / 2
     h = np.sinc(k / factor) * np.kaiser(n, beta)
     return (h / h.sum() * factor).astype(np.float64)
 
 
-def oversample(x: np.ndarray, factor: int = 4, block: int = 1 << 16) -> np.ndarray:
-    """Band-limited upsampling of [C, N] by `factor` (zero-stuffing + windowed-sinc FIR, FFT in blocks)."""
-    x = np.asarray(x, dtype=np.float64)
+def true_peak_per_sample(x: np.ndarray, factor: int = 4, block: int = 1 << 20) -> np.ndarray:
+    """[N] float32: the largest |value| over channels and the `factor` band-limited points of each input sample
+    (ITU-R BS.1770 true peak: a polyphase windowed-sinc interpolator, block by block so memory stays bounded)."""
+    x = np.asarray(x, dtype=np.float32)
     c, n = x.shape
     h = _kaiser_sinc(factor)
-    delay = (len(h) - 1) // 2
-    out_len = n * factor
-    stuffed_len = out_len + len(h) - 1
-    y = np.zeros((c, stuffed_len))
-    nfft = 1 << int(math.ceil(math.log2(block * factor + len(h) - 1)))
-    hf = np.fft.rfft(h, nfft)
+    half = (len(h) - 1) // 2
+    phases = []  # y[factor * i + p] = sum_d x[i - d] h[factor * d + p + half]
+    for p in range(factor):
+        d = np.arange(-((p + half) // factor), (len(h) - 1 - p - half) // factor + 1)
+        phases.append((int(d[0]), h[factor * d + p + half].astype(np.float32)))
+    ctx = len(h) // factor + 2
+    out = np.zeros(n, dtype=np.float32)
     for s in range(0, n, block):
         e = min(n, s + block)
-        z = np.zeros((c, (e - s) * factor))
-        z[:, ::factor] = x[:, s:e]
-        seg = np.fft.irfft(np.fft.rfft(z, nfft, axis=-1) * hf, nfft, axis=-1)[:, : z.shape[1] + len(h) - 1]
-        y[:, s * factor: s * factor + seg.shape[1]] += seg
-    return y[:, delay: delay + out_len]
-
-
-def true_peak_per_sample(x: np.ndarray, factor: int = 4) -> np.ndarray:
-    """max over channels and the `factor` oversampled points of each input sample: [N]."""
-    up = np.abs(oversample(x, factor))
-    n = x.shape[-1]
-    return up.reshape(up.shape[0], n, factor).max(axis=(0, 2))
+        a, b = max(0, s - ctx), min(n, e + ctx)
+        for ch in range(c):
+            seg = x[ch, a:b]
+            for d0, g in phases:
+                full = np.convolve(seg, g)  # full[m] = sum_k seg[m - k] g[k]; x index i <-> m = i - a - d0
+                lo = s - a - d0
+                np.maximum(out[s:e], np.abs(full[lo:lo + (e - s)]), out=out[s:e])
+    return out
 
 
 def true_peak_db(x: np.ndarray, factor: int = 4) -> float:
@@ -146,42 +145,41 @@ def _running_min(g: np.ndarray, width: int) -> np.ndarray:
         return g.copy()
     n = len(g)
     pad = width - 1
-    gp = np.concatenate([np.full(pad, np.inf), g, np.full(pad + width, np.inf)])
+    gp = np.concatenate([np.full(pad, np.inf, g.dtype), g, np.full(pad + width, np.inf, g.dtype)])
     m = len(gp) // width * width
     blocks = gp[:m].reshape(-1, width)
     pre = np.minimum.accumulate(blocks, axis=1).ravel()
     suf = np.minimum.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
-    # window [j, j + width - 1] minimum = min(suf[j], pre[j + width - 1])
-    j = np.arange(n + pad)
-    fwd = np.minimum(suf[j], pre[j + width - 1])  # min over gp[j .. j + width - 1]
-    # centre: output i covers gp indices (i + pad) - pad .. (i + pad) + pad -> two windows of `width`
+    fwd = np.minimum(suf[:n + pad], pre[width - 1:width - 1 + n + pad])  # fwd[j] = min(gp[j .. j + width - 1])
+    # output i covers gp[i .. i + 2 pad] = two windows of `width`
     return np.minimum(fwd[:n], fwd[pad:pad + n])
 
 
 def limit_true_peak(x: np.ndarray, sample_rate: int, ceiling_db: float = -1.0, lookahead_ms: float = 1.5,
                     factor: int = 4) -> tuple[np.ndarray, float]:
-    """Brick-wall limiter: gain <= ceiling / true peak around every sample, smoothed (min filter, then a box filter
-    of the same width, which never exceeds the required gain), then a final scale if interpolation left any excess.
-    Returns (audio, max gain reduction in dB)."""
+    """Brick-wall limiter: gain <= ceiling / true peak around every sample, smoothed (a min filter of radius w-1,
+    then a box filter of width w, which never exceeds the required gain), then a final scale if interpolation
+    left any excess. Returns (float32 audio, max gain reduction in dB)."""
     ceiling = 10 ** (ceiling_db / 20)
+    x = np.asarray(x, dtype=np.float32)
     peak = true_peak_per_sample(x, factor)
     if peak.max(initial=0.0) <= ceiling:
-        return x.astype(np.float32), 0.0
-    need = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
+        return x, 0.0
+    need = np.minimum(np.float32(1.0), np.float32(ceiling) / np.maximum(peak, np.float32(1e-12)))
+    del peak
     w = max(1, int(round(lookahead_ms * 1e-3 * sample_rate)))
     g = _running_min(need, w)
-    cs = np.concatenate([[0.0], np.cumsum(g)])
+    del need
     half = w // 2
-    lo = np.clip(np.arange(len(g)) - half, 0, len(g))
-    hi = np.clip(np.arange(len(g)) - half + w, 0, len(g))
-    smooth = (cs[hi] - cs[lo]) / np.maximum(hi - lo, 1)
-    gain = np.minimum(smooth, g)  # guards the edges
+    smooth = np.convolve(np.pad(g, (half, w - 1 - half), mode="edge"), np.full(w, 1.0 / w, np.float32), "valid")
+    gain = np.minimum(smooth.astype(np.float32), g)  # rounding guard
     y = x * gain[None, :]
-    tp = true_peak_per_sample(y, factor).max(initial=0.0)
+    tp = float(true_peak_per_sample(y, factor).max(initial=0.0))
     if tp > ceiling:
-        y = y * (ceiling / tp)
-        gain = gain * (ceiling / tp)
-    return y.astype(np.float32), float(-20 * math.log10(max(gain.min(), 1e-12)))
+        scale = np.float32(ceiling / tp)
+        y *= scale
+        gain *= scale
+    return y, float(-20 * math.log10(max(float(gain.min()), 1e-12)))
 
 
 @dataclass
@@ -205,14 +203,14 @@ def normalize_loudness(audio: np.ndarray, sample_rate: int, target_lufs: float,
     if audio.shape[-1] < int(0.4 * sample_rate):
         raise AudioError("loudness normalisation needs at least 0.4 s of audio (one BS.1770 gating block)")
     meter = pyloudnorm.Meter(sample_rate)
-    x = np.asarray(audio, dtype=np.float64)
+    x = np.asarray(audio, dtype=np.float32)
     loud = float(meter.integrated_loudness(x.T))
     if not math.isfinite(loud):
         raise AudioError("the audio is silent: cannot normalise its loudness")
     gain_db = target_lufs - loud
-    y = x * 10 ** (gain_db / 20)
+    y = x * np.float32(10 ** (gain_db / 20))
     y, limited = limit_true_peak(y, sample_rate, true_peak_ceiling_db)
-    out_lufs = float(meter.integrated_loudness(y.astype(np.float64).T))
+    out_lufs = float(meter.integrated_loudness(y.T))
     return y, LoudnessResult(loud, out_lufs, true_peak_db(y), gain_db, limited)
 
 
