@@ -252,7 +252,15 @@ def _load(ck: Path):
     except (OSError, ValueError, RuntimeError) as e:
         raise ExportError(f"cannot load the checkpoint {ck}: {e}") from None
     try:
-        te = FrozenTextEncoder(config.text.encoder, config.text.max_length)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would break our step lines
+        try:
+            te = FrozenTextEncoder(config.text.encoder, config.text.max_length)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     except (TextEncoderError, OSError, ValueError) as e:
         raise ExportError(f"cannot load the text encoder {config.text.encoder!r}: {e}") from None
     if te.features != config.text.features:

@@ -343,6 +343,13 @@ def test_refuses_existing_folder_without_force(checkpoint, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_refuses_unwritable_output(checkpoint, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    _refuse(checkpoint, tmp_path / "file" / "b", "not a writable folder")
+    _refuse(checkpoint, tmp_path / "file", "not a folder")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("opset", [17, 99])
 def test_refuses_bad_opset(checkpoint, tmp_path, opset):
     _refuse(checkpoint, tmp_path / "b", f"opset {opset}", opset=opset)
@@ -365,6 +372,43 @@ def test_trt_refuses_cleanly_without_gpu(checkpoint, tmp_path):
     assert no_leftovers(tmp_path, "b")
 
 
+def test_trt_profiles_and_cache_key_without_tensorrt(bundle):
+    from mousai_export.trt import cache_key, default_profiles
+
+    _, m = bundle
+    prof = default_profiles(m)
+    assert set(prof) == set(COMPONENTS)
+    for comp, p in prof.items():
+        names = {t["name"] for t in m["models"][comp]["inputs"]}
+        assert set(p.shapes) == names, comp
+        for name, (lo, opt, hi) in p.shapes.items():
+            assert len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi)), (comp, name)
+    x = prof["decoder"].shapes["x"]
+    assert all(s[2] % m["decoder_info"]["length_multiple"] == 0 for s in x)
+    assert x[1][2] == 469 * 1024  # 10 s (defaults.seconds) rounded up to the length multiple (1024 here)
+    assert all(s[2] % m["generator_info"]["length_multiple"] == 0 for s in prof["generator"].shapes["x"])
+    k = cache_key("ab" * 32, "10.3.0", (8, 6), prof["decoder"], True)
+    assert k == cache_key("ab" * 32, "10.3.0", (8, 6), prof["decoder"], True)
+    assert k != cache_key("ab" * 32, "10.3.0", (8, 9), prof["decoder"], True)
+    assert k != cache_key("cd" * 32, "10.3.0", (8, 6), prof["decoder"], True)
+    assert k != cache_key("ab" * 32, "10.4.0", (8, 6), prof["decoder"], True)
+
+
+def test_large_graphs_go_to_one_external_data_file(bundle, tmp_path, monkeypatch):
+    import onnx
+
+    from mousai_export import onnx as ox
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_LIMIT", 0)
+    files = ox.save_model(onnx.load(str(bundle[0] / "encoder.onnx")), tmp_path / "encoder.onnx")
+    assert files == ["encoder.onnx", "encoder.onnx.data"] and sorted(p.name for p in tmp_path.iterdir()) == files
+    assert (tmp_path / "encoder.onnx").stat().st_size < 0.5 * (bundle[0] / "encoder.onnx").stat().st_size
+    mag = np.random.default_rng(0).random((1, 1024, 20), dtype=np.float32)
+    a, b = (ort.InferenceSession(str(d / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(None, {"magnitude": mag})[0]
+            for d in (bundle[0], tmp_path))
+    assert np.array_equal(a, b)
+
+
 @pytest.mark.gpu
 def test_trt_engines_build(checkpoint, tmp_path):
     from mousai_export.trt import gpu_compute_capability
@@ -383,14 +427,24 @@ def test_trt_engines_build(checkpoint, tmp_path):
     assert all(e["reused"] for e in json.loads((out / "trt" / "engines.json").read_text())["engines"].values())
 
 
-def test_parity_failure_writes_nothing_and_keeps_the_old_bundle(bundle, checkpoint, tmp_path, monkeypatch):
+def test_parity_failure_writes_nothing_and_keeps_the_old_bundle(bundle, checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
     shutil.copytree(bundle[0], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(par, "FP32_BOUND", 0.0)  # nothing can pass
-    _refuse(checkpoint, out, "parity check failed", force=True)
+    with pytest.raises(ExportError, match="parity check failed.*decoder rel_l2"):
+        export_bundle(str(checkpoint), str(out), force=True, progress=True)
+    table = capsys.readouterr().out
+    assert "component" in table and "end_to_end" in table and " NO" in table  # the parity table was printed
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert no_leftovers(tmp_path, "unused") and not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
+
+
+def test_no_check_writes_a_bundle_without_parity(bundle, checkpoint, tmp_path):
+    out = tmp_path / "deep" / "nocheck"
+    m = export_bundle(str(checkpoint), str(out), check=False, progress=False)
+    assert "parity" not in m and m["models"] == bundle[1]["models"]
+    assert {k: v["sha256"] for k, v in m["files"].items()} == {k: v["sha256"] for k, v in bundle[1]["files"].items()}
 
 
 # ------------------------------------------------------------------------------------------------- fp16
