@@ -320,6 +320,14 @@ class Bundle:
             raise BundleError(f"{self.path}: sha256 mismatch for {name} (changed after loading?): refusing to use it")
         return data
 
+    def verify_file(self, name: str) -> Path:
+        """Hash a listed file again (streaming, for files too large to hand out as bytes)."""
+        p = self.file_path(name)
+        digest, _ = sha256_file(p)
+        if digest != self.manifest["files"][name]["sha256"]:
+            raise BundleError(f"{self.path}: sha256 mismatch for {name} (changed after loading?): refusing to use it")
+        return p
+
     def model_bytes(self, component: str) -> bytes:
         return self.read_bytes(self.model(component).file)
 

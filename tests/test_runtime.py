@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -82,6 +81,10 @@ def pipe(tiny):
     from mousai_runtime import Pipeline
 
     return Pipeline(tiny["bundle"], chunk_seconds=3.0)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def rel_l2(a, b) -> float:
@@ -876,3 +879,26 @@ def test_cli_info(tiny, tmp_path, capsys):
     assert info_command(str(tmp_path / "none")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: bundle not found")
+
+
+def test_graph_with_external_data_loads_by_path(tiny, pipe, tmp_path):
+    """> 2 GB graphs come with <file>.data (docs/bundle-format.md): ORT loads those by path, both files hashed."""
+    import onnx
+
+    from mousai_runtime import BundleError, Pipeline
+
+    p = _copy_bundle(tiny, tmp_path)
+    (p / "decoder.onnx").unlink()
+    onnx.save(onnx.load(tiny["bundle"] / "decoder.onnx"), p / "decoder.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="decoder.onnx.data")
+    m = json.loads((p / "manifest.json").read_text())
+    for f in ("decoder.onnx", "decoder.onnx.data"):
+        m["files"][f] = {"sha256": _sha(p / f), "bytes": (p / f).stat().st_size}
+    _rewrite(p / "manifest.json", json.dumps(m).encode())
+    kw = dict(steps=2, decoder_steps=2, seed=1)
+    assert np.array_equal(Pipeline(p, chunk_seconds=3.0).generate("x", 1.0, **kw), pipe.generate("x", 1.0, **kw))
+    data = bytearray((p / "decoder.onnx.data").read_bytes())
+    data[0] ^= 1
+    _rewrite(p / "decoder.onnx.data", bytes(data))
+    with pytest.raises(BundleError, match="sha256 mismatch for decoder.onnx.data"):
+        Pipeline(p)
