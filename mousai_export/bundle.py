@@ -337,7 +337,7 @@ def _fp16_measure(comp: str, fp32_path: Path, fp16_path: Path, models: dict, con
     out = par.worst(*vs_torch)  # max_abs / rel_l2: the bundle's (fp16) graph vs torch
     w = par.worst(*vs_fp32)
     out.update({"fp16_rel_l2_vs_fp32": w["rel_l2"], "fp16_max_abs_vs_fp32": w["max_abs"]})
-    out.update(half.max_activation(fp32_path, feeds[:1]))
+    out.update(half.max_activation(fp32_path, feeds))
     out["ort_cpu_inserted_casts"] = half.inserted_casts(fp16_path)
     return out
 
