@@ -72,9 +72,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return p
 
 
-def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str | None = None) -> dict:
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str | None = None,
+                block: int = 1 << 18) -> dict:
     """Write [channels, N] float audio atomically. wav: 32-bit float; flac: 24-bit (samples beyond +-1 are clipped).
 
+    Checked and written `block` samples at a time, so writing adds a few MB, not copies of the clip.
     Returns {"path", "format", "subtype", "seconds", "clipped"}.
     """
     import soundfile as sf
@@ -84,18 +86,25 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fm
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 2:
         raise AudioError(f"audio must be [channels, samples], got shape {audio.shape}")
-    if not np.isfinite(audio).all():
-        raise AudioError("audio contains NaN or infinity: refusing to write it")
+    n = audio.shape[-1]
+    pcm = subtype.startswith("PCM")
     clipped = 0
-    data = audio.T
-    if subtype.startswith("PCM"):
-        over = np.abs(audio) > 1.0
-        clipped = int(over.sum())
-        if clipped:
-            data = np.clip(audio, -1.0, 1.0).T
-    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate, format=container, subtype=subtype))
-    return {"path": str(path), "format": f, "subtype": subtype, "seconds": audio.shape[-1] / sample_rate,
-            "clipped": clipped}
+    for s in range(0, n, block):
+        seg = audio[:, s:s + block]
+        if not np.isfinite(seg).all():
+            raise AudioError("audio contains NaN or infinity: refusing to write it")
+        if pcm:
+            clipped += int(np.count_nonzero(np.abs(seg) > 1.0))
+
+    def write(tmp: str) -> None:
+        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=audio.shape[0], format=container,
+                          subtype=subtype) as out:
+            for s in range(0, n, block):
+                seg = audio[:, s:s + block]
+                out.write(np.ascontiguousarray((np.clip(seg, -1.0, 1.0) if pcm and clipped else seg).T))
+
+    atomic_write(path, write)
+    return {"path": str(path), "format": f, "subtype": subtype, "seconds": n / sample_rate, "clipped": clipped}
 
 
 # ------------------------------------------------------------------------------------------------- true peak

@@ -19,9 +19,15 @@ from typing import Any
 FORMAT = "mousai-bundle"
 VERSION = 1
 
-REQUIRED_TOP = ("format", "version", "name", "precision", "audio", "latent", "stft", "text", "decoder_info",
-                "generator_info", "defaults", "files", "models")
-OPTIONAL_TOP = ("created", "versions", "source", "parity")
+REQUIRED_TOP = ("format", "version", "name", "precision", "audio", "latent", "stft", "decoder_info", "defaults",
+                "files", "models")
+OPTIONAL_TOP = ("kind", "created", "versions", "source", "parity", "text", "generator_info")
+
+# what the bundle holds: a missing "kind" is a text-to-music bundle (the only kind before it existed)
+TEXT_TO_MUSIC, AUTOENCODER = "text-to-music", "autoencoder"
+KINDS = (TEXT_TO_MUSIC, AUTOENCODER)
+KIND_TOP = {TEXT_TO_MUSIC: ("text", "generator_info"), AUTOENCODER: ()}  # sections required per kind
+KIND_ABSENT = {TEXT_TO_MUSIC: (), AUTOENCODER: ("text", "generator_info")}  # sections refused per kind
 
 # the tensors the runtime feeds and reads, by component (names from the contract)
 COMPONENT_IO = {
@@ -30,7 +36,11 @@ COMPONENT_IO = {
     "encoder": (("magnitude",), ("latent",)),
     "decoder": (("x", "sigma", "latent"), ("v",)),
 }
-REQUIRED_COMPONENTS = ("text_encoder", "generator", "decoder")  # the encoder is only needed for audio input
+REQUIRED_COMPONENTS = {  # a text-to-music bundle's encoder is optional (only needed for audio input)
+    TEXT_TO_MUSIC: ("text_encoder", "generator", "decoder"),
+    AUTOENCODER: ("encoder", "decoder"),
+}
+ALLOWED_COMPONENTS = {TEXT_TO_MUSIC: tuple(COMPONENT_IO), AUTOENCODER: ("encoder", "decoder")}
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -196,9 +206,15 @@ class Bundle:
         unknown = sorted(set(m) - set(REQUIRED_TOP) - set(OPTIONAL_TOP))
         if unknown:
             raise BundleError(f"{mf}: unknown top-level field(s) {unknown} (format version {VERSION} has none)")
-        missing = [k for k in REQUIRED_TOP if k not in m]
+        kind = m.get("kind", TEXT_TO_MUSIC)
+        if kind not in KINDS:
+            raise BundleError(f"{mf}: unknown bundle kind {kind!r} (this runtime reads {' or '.join(KINDS)})")
+        missing = [k for k in (*REQUIRED_TOP, *KIND_TOP[kind]) if k not in m]
         if missing:
             raise BundleError(f"{mf}: missing field(s) {missing}")
+        extra = [k for k in KIND_ABSENT[kind] if k in m]
+        if extra:
+            raise BundleError(f"{mf}: an {kind} bundle has no {extra} section(s) (no text encoder / generator)")
         models = cls._check_fields(m)
         b = cls(path, m, models)
         b._check_files(verify)
@@ -206,6 +222,7 @@ class Bundle:
 
     @staticmethod
     def _check_fields(m: dict) -> dict[str, ModelSpec]:
+        kind = m.get("kind", TEXT_TO_MUSIC)
         _str(m, "name", "manifest")
         if m["precision"] not in ("fp32", "fp16"):
             raise BundleError(f"manifest.precision must be 'fp32' or 'fp16', got {m['precision']!r}")
@@ -223,25 +240,46 @@ class Bundle:
             raise BundleError(f"stft.window must be 'hann', got {s.get('window')!r}")
         if s["center"] and s.get("pad_mode") != "reflect":
             raise BundleError(f"stft.pad_mode must be 'reflect', got {s.get('pad_mode')!r}")
-        t = _obj(m, "text")
-        _int(t, "max_length", "text"), _int(t, "features", "text"), _int(t, "pad_id", "text", 0)
-        check_relative_path(t.get("tokenizer"), "text.tokenizer")
+        t = _obj(m, "text") if "text" in m else None
+        if t is not None:
+            _int(t, "max_length", "text"), _int(t, "features", "text"), _int(t, "pad_id", "text", 0)
+            check_relative_path(t.get("tokenizer"), "text.tokenizer")
         d = _obj(m, "decoder_info")
         mult = _int(d, "length_multiple", "decoder_info")
         if mult % lat["hop"]:
             raise BundleError(f"decoder_info.length_multiple {mult} is not a multiple of latent.hop {lat['hop']}")
         _int(d, "receptive_field", "decoder_info", 0)
-        _int(_obj(m, "generator_info"), "length_multiple", "generator_info")
+        if "generator_info" in m:
+            gi = _obj(m, "generator_info")
+            gmult = _int(gi, "length_multiple", "generator_info")
+            if "window_frames" in gi or "overlap_frames" in gi:  # optional: windowed generation of long latents
+                from .windowed import check_window
+
+                if "window_frames" not in gi or "overlap_frames" not in gi:
+                    raise BundleError("generator_info: window_frames and overlap_frames come together (one is missing)")
+                w = _int(gi, "window_frames", "generator_info")
+                o = _int(gi, "overlap_frames", "generator_info")
+                try:
+                    check_window(w, o, gmult)
+                except ValueError as e:
+                    raise BundleError(f"generator_info: {e}")
         df = _obj(m, "defaults")
         if df.get("sampler") != "ddim" or df.get("schedule") != "linear":
             raise BundleError(f"defaults: this runtime implements sampler 'ddim' with schedule 'linear', "
                               f"not {df.get('sampler')!r}/{df.get('schedule')!r}")
-        _int(df, "generator_steps", "defaults"), _int(df, "decoder_steps", "defaults")
-        _num(df, "guidance", "defaults")
-        if _num(df, "max_seconds", "defaults", positive=True) < _num(df, "seconds", "defaults", positive=True):
+        _int(df, "decoder_steps", "defaults")
+        # an autoencoder bundle needs only the decoder's defaults; whatever else it has must still be well-formed
+        need = kind == TEXT_TO_MUSIC
+        if need or "generator_steps" in df:
+            _int(df, "generator_steps", "defaults")
+        if need or "guidance" in df:
+            _num(df, "guidance", "defaults")
+        top = _num(df, "max_seconds", "defaults", positive=True) if need or "max_seconds" in df else None
+        sec = _num(df, "seconds", "defaults", positive=True) if need or "seconds" in df else None
+        if top is not None and sec is not None and top < sec:
             raise BundleError("defaults.max_seconds is smaller than defaults.seconds")
         for opt in OPTIONAL_TOP:
-            if opt in m and opt != "created" and not isinstance(m[opt], dict):
+            if opt in m and opt not in ("created", "kind") and not isinstance(m[opt], dict):
                 raise BundleError(f"manifest.{opt} must be an object")
         if "created" in m and not isinstance(m["created"], str):
             raise BundleError("manifest.created must be a string")
@@ -255,7 +293,7 @@ class Bundle:
                 raise BundleError(f"files[{name!r}].sha256 must be 64 lowercase hex digits")
             if "bytes" in entry:
                 _int(entry, "bytes", f"files[{name!r}]", 0)
-        if t["tokenizer"] not in files:
+        if t is not None and t["tokenizer"] not in files:
             raise BundleError(f"text.tokenizer {t['tokenizer']!r} is not listed in files (it must be hashed)")
 
         specs: dict[str, ModelSpec] = {}
@@ -263,9 +301,14 @@ class Bundle:
         unknown = sorted(set(ms) - set(COMPONENT_IO))
         if unknown:
             raise BundleError(f"models: unknown component(s) {unknown}")
-        for comp in REQUIRED_COMPONENTS:
+        foreign = sorted(set(ms) - set(ALLOWED_COMPONENTS[kind]))
+        if foreign:
+            raise BundleError(f"models: an {kind} bundle has no {foreign} (its kind says encoder + decoder only)")
+        for comp in REQUIRED_COMPONENTS[kind]:
             if comp not in ms:
-                raise BundleError(f"models.{comp} is missing")
+                raise BundleError(f"models.{comp} is missing" + (f" (an {kind} bundle needs "
+                                                                 f"{' + '.join(REQUIRED_COMPONENTS[kind])})"
+                                                                 if kind == AUTOENCODER else ""))
         for comp, spec in ms.items():
             w = f"models.{comp}"
             if not isinstance(spec, dict):
@@ -345,6 +388,15 @@ class Bundle:
         return self.manifest["name"]
 
     @property
+    def kind(self) -> str:
+        """'text-to-music' (also when the manifest has no kind) or 'autoencoder' (encoder + decoder only)."""
+        return self.manifest.get("kind", TEXT_TO_MUSIC)
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self.kind == AUTOENCODER
+
+    @property
     def sample_rate(self) -> int:
         return self.manifest["audio"]["sample_rate"]
 
@@ -368,9 +420,14 @@ class Bundle:
     def stft(self) -> dict:
         return self.manifest["stft"]
 
+    def _section(self, key: str) -> dict:
+        if key not in self.manifest:
+            raise BundleError(f"{self.path}: this {self.kind} bundle has no {key} section")
+        return self.manifest[key]
+
     @property
     def text(self) -> dict:
-        return self.manifest["text"]
+        return self._section("text")
 
     @property
     def decoder_multiple(self) -> int:
@@ -387,7 +444,16 @@ class Bundle:
 
     @property
     def generator_multiple(self) -> int:
-        return self.manifest["generator_info"]["length_multiple"]
+        return self._section("generator_info")["length_multiple"]
+
+    @property
+    def window_frames(self) -> int | None:
+        """Latent frames per generator window for long clips (generator_info.window_frames), None if unset."""
+        return self._section("generator_info").get("window_frames")
+
+    @property
+    def overlap_frames(self) -> int | None:
+        return self._section("generator_info").get("overlap_frames")
 
     @property
     def defaults(self) -> dict:
@@ -397,6 +463,8 @@ class Bundle:
         """(key, value) rows for a readable table (`mousai info`)."""
         m = self.manifest
         rows: list[tuple[str, str]] = [("path", str(self.path))]
+        rows.append(("kind", self.kind + ("  (encoder + decoder only: encode/decode, no text-to-music)"
+                                          if self.is_autoencoder else "")))
         for k in ("name", "created", "precision"):
             if k in m:
                 rows.append((k, str(m[k])))

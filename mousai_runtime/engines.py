@@ -218,7 +218,7 @@ class OrtEngine(Engine):
 # ------------------------------------------------------------------------------------------------- TensorRT
 
 
-TRT_HELP = ("--engine trt needs an NVIDIA GPU and TensorRT (pip install 'mousai[trt]' cuda-python on a CUDA "
+TRT_HELP = ("--engine trt needs an NVIDIA GPU and TensorRT (pip install 'mousai[trt]' on a CUDA "
             "machine, and a bundle exported with --engine trt); use --engine onnx here")
 
 

@@ -3,6 +3,11 @@
     pipe = Pipeline("engines/default")                   # numpy + ONNX Runtime; no torch
     audio = pipe.generate("calm ambient pads", seconds=10, seed=0)   # float32 [2, N] at pipe.sample_rate
 
+Long clips: the generator runs on overlapping windows of the latent (mousai_runtime/windowed.py) when the latent is
+longer than `window_frames` (manifest generator_info.window_frames, else 512), so its memory is flat in the clip
+length; shorter latents take exactly one generator call per step. An autoencoder-only bundle (manifest kind
+"autoencoder") supports `encode` / `decode` only.
+
 One Pipeline may be used from several threads at once: the only shared mutable state (the per-prompt text cache and
 the tokenizer) is behind a lock; sessions are created once and ORT's run() is thread-safe; every call has its own
 noise and buffers. Same prompt, seconds, steps, guidance and seed -> the same audio.
@@ -24,6 +29,9 @@ from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
 from .engines import Engine, EngineError, make_engine
 from .sampling import ddim_sample, linear_sigmas
 from .stft import magnitude_stft
+from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedModel, check_window, plan_windows
+
+AUTOENCODER_ONLY = "this bundle is an autoencoder only (no text encoder / generator): use encode/decode"
 
 
 class InputError(ValueError):
@@ -93,11 +101,21 @@ class Pipeline:
     def __init__(self, bundle_dir: str | os.PathLike = "engines/default", engine: str | Engine = "onnx",
                  providers: list[str] | str | None = None, threads: int | None = None, *,
                  checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 10.0,
-                 text_cache: int = 32, prepare: bool = True):
+                 text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
+                 overlap_frames: int | None = None, window_batch: int = 1):
+        """`window_frames` / `overlap_frames` (latent frames) override the manifest's generator windows (rounded up to
+        the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call."""
         self.bundle = Bundle.load(bundle_dir, verify=verify)
         self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
-        self.tokenizer = self._load_tokenizer()
         b = self.bundle
+        self.kind = b.kind
+        self.tokenizer = None if b.is_autoencoder else self._load_tokenizer()
+        self.window_frames, self.overlap_frames, self.window_batch = None, None, 1
+        if not b.is_autoencoder:
+            self.window_frames, self.overlap_frames = self._windows(window_frames, overlap_frames)
+            if isinstance(window_batch, bool) or not isinstance(window_batch, (int, np.integer)) or window_batch < 1:
+                raise InputError(f"window_batch must be an integer >= 1, got {window_batch!r}")
+            self.window_batch = int(window_batch)
         self.sample_rate, self.hop = b.sample_rate, b.hop
         chunk_frames = None if chunk_seconds is None else max(1, round(chunk_seconds * b.sample_rate / b.hop))
         self.decoder = ChunkedDecoder(self._decoder_fn, hop=b.hop, multiple_frames=b.decoder_multiple_frames,
@@ -107,7 +125,24 @@ class Pipeline:
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache
         if prepare:
-            self.engine.prepare(["text_encoder", "generator", "decoder"])
+            self.engine.prepare(["encoder", "decoder"] if b.is_autoencoder else ["text_encoder", "generator", "decoder"])
+
+    def _windows(self, window: int | None, overlap: int | None) -> tuple[int, int]:
+        b, m = self.bundle, self.bundle.generator_multiple
+        w = window if window is not None else b.window_frames if b.window_frames is not None else DEFAULT_WINDOW_FRAMES
+        o = overlap if overlap is not None else b.overlap_frames if b.overlap_frames is not None else \
+            DEFAULT_OVERLAP_FRAMES
+        for name, v in (("window_frames", w), ("overlap_frames", o)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        try:
+            return check_window(round_up(int(w), m), round_up(int(o), m), m)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+    def _require_generator(self) -> None:
+        if self.bundle.is_autoencoder:
+            raise InputError(AUTOENCODER_ONLY)
 
     # ---------------------------------------------------------------------------------------------- text
     def _load_tokenizer(self):
@@ -128,6 +163,7 @@ class Pipeline:
 
     def text_states(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """(states [1, max_length, features], mask [1, max_length]) float32, cached per prompt."""
+        self._require_generator()
         with self._lock:
             hit = self._text_cache.get(prompt)
             if hit is not None:
@@ -153,6 +189,7 @@ class Pipeline:
     def check_inputs(self, prompt: Any, seconds: Any, steps: Any = None, guidance: Any = None, seed: Any = 0,
                      decoder_steps: Any = None) -> tuple[str, float, int, float, int, int]:
         """Validate and fill defaults; raises InputError (a ValueError) with a one-line message."""
+        self._require_generator()
         d = self.bundle.defaults
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
@@ -165,20 +202,13 @@ class Pipeline:
             raise InputError(f"seconds {seconds:g} is longer than this bundle's maximum of {d['max_seconds']:g} s")
         if round(seconds * self.sample_rate) < 1:
             raise InputError(f"seconds {seconds:g} is shorter than one sample")
-        steps = d["generator_steps"] if steps is None else steps
-        decoder_steps = d["decoder_steps"] if decoder_steps is None else decoder_steps
-        for name, v in (("steps", steps), ("decoder steps", decoder_steps)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
-            if v > 10000:
-                raise InputError(f"{name} must be <= 10000, got {v}")
+        steps = _check_steps("steps", d["generator_steps"] if steps is None else steps)
+        decoder_steps = _check_steps("decoder steps", d["decoder_steps"] if decoder_steps is None else decoder_steps)
         guidance = d["guidance"] if guidance is None else guidance
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(float(guidance)):
             raise InputError(f"guidance must be a finite number, got {guidance!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise InputError(f"seed must be an integer, got {seed!r}")
-        return prompt, seconds, int(steps), float(guidance), int(seed), int(decoder_steps)
+        return prompt, seconds, steps, float(guidance), _check_seed(seed), decoder_steps
 
     # ---------------------------------------------------------------------------------------------- models
     def _decoder_fn(self, x: np.ndarray, sigma: np.ndarray, latent: np.ndarray) -> np.ndarray:
@@ -188,6 +218,19 @@ class Pipeline:
         """(latent frames, audio samples) of a clip."""
         n = int(round(seconds * self.sample_rate))
         return -(-n // self.hop), n
+
+    def window_plan(self, frames: int):
+        """The generator's WindowPlan for a clip of `frames` latent frames, or None when one call per step does."""
+        self._require_generator()
+        t_gen = round_up(frames, self.bundle.generator_multiple)
+        if t_gen <= self.window_frames:
+            return None
+        return plan_windows(t_gen, self.window_frames, self.overlap_frames, self.bundle.generator_multiple)
+
+    def generator_calls(self, frames: int, steps: int) -> int:
+        """Generator calls for a clip of `frames` latent frames (progress units)."""
+        plan = self.window_plan(frames)
+        return steps * (1 if plan is None else -(-len(plan) // self.window_batch))
 
     def _generate_latent(self, prompt: str, frames: int, steps: int, guidance: float, seed: int,
                          tracker: _Tracker) -> np.ndarray:
@@ -203,12 +246,23 @@ class Pipeline:
 
         def model_fn(xx: np.ndarray, sigma: np.ndarray) -> np.ndarray:
             tracker.check()
-            return self.engine.run("generator", {"x": xx, "sigma": sigma, "text_states": states,
-                                                 "text_mask": mask, "guidance": g})
+            n = xx.shape[0]
+            if n == 1:
+                feeds = {"text_states": states, "text_mask": mask, "guidance": g}
+            else:  # several windows in one call
+                feeds = {"text_states": np.repeat(states, n, 0), "text_mask": np.repeat(mask, n, 0),
+                         "guidance": np.full((n,), guidance, dtype=np.float32)}
+            return self.engine.run("generator", {"x": xx, "sigma": sigma, **feeds})
 
-        tracker.start("generator", steps)
-        z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
-                        component="generator")
+        plan = self.window_plan(frames)
+        if plan is None:  # the whole latent in one call per step
+            tracker.start("generator", steps)
+            z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
+                            component="generator")
+        else:  # overlapping windows, v combined with complementary raised-cosine weights, then one DDIM update
+            windowed = WindowedModel(model_fn, plan, self.window_batch, on_call=lambda: tracker.step("generator"))
+            tracker.start("generator", steps * windowed.calls_per_step)
+            z = ddim_sample(windowed, x, linear_sigmas(steps), component="generator")
         return np.ascontiguousarray(z[..., :frames])
 
     def generate_latent(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
@@ -216,16 +270,21 @@ class Pipeline:
         """The generator's latent [1, C, frames] for a clip of `seconds`."""
         prompt, seconds, steps, guidance, seed, _ = self.check_inputs(prompt, seconds, steps, guidance, seed)
         frames, _ = self.frames_for(seconds)
-        return self._generate_latent(prompt, frames, steps, guidance, seed, _Tracker(1 + steps, progress, None, cancel))
+        tracker = _Tracker(1 + self.generator_calls(frames, steps), progress, None, cancel)
+        return self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
 
     def decode(self, latent: np.ndarray, steps: int | None = None, seed: int = 0, samples: int | None = None,
                progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
         """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`)."""
-        steps = self.bundle.defaults["decoder_steps"] if steps is None else steps
-        _, _, _, _, seed, steps = self.check_inputs("x", 1.0, 1, 0.0, seed, steps)
+        steps = _check_steps("decoder steps", self.bundle.defaults["decoder_steps"] if steps is None else steps)
+        seed = _check_seed(seed)
         latent = np.asarray(latent, dtype=np.float32)
-        if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != self.bundle.latent_channels:
+        if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != self.bundle.latent_channels \
+                or latent.shape[2] < 1:
             raise InputError(f"latent must be [1, {self.bundle.latent_channels}, frames], got {latent.shape}")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))
+                                    or not 0 < samples <= latent.shape[2] * self.hop):
+            raise InputError(f"samples must be an integer in [1, {latent.shape[2] * self.hop}], got {samples!r}")
         tracker = _Tracker(self.decoder.total_steps(latent.shape[-1], steps), progress, None, cancel)
         return self.decoder.decode(latent, steps, GlobalNoise(seed, self.bundle.channels), samples,
                                    on_step=lambda: tracker.step("decoder"))[0]
@@ -256,7 +315,7 @@ class Pipeline:
                                                                            decoder_steps)
         frames, samples = self.frames_for(seconds)
         dec_total = self.decoder.total_steps(frames, dsteps)
-        tracker = _Tracker(1 + steps + dec_total, progress, stage_progress, cancel)
+        tracker = _Tracker(1 + self.generator_calls(frames, steps) + dec_total, progress, stage_progress, cancel)
         return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker)
 
     def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker) -> Iterator[np.ndarray]:
@@ -286,7 +345,22 @@ class Pipeline:
         return self.engine.providers
 
     def describe(self) -> str:
-        return f"bundle {self.bundle.name} ({self.bundle.path}); engine {self.engine.describe()}"
+        kind = " (autoencoder only)" if self.bundle.is_autoencoder else ""
+        return f"bundle {self.bundle.name}{kind} ({self.bundle.path}); engine {self.engine.describe()}"
+
+
+def _check_steps(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    if v > 10000:
+        raise InputError(f"{name} must be <= 10000, got {v}")
+    return int(v)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
 
 
 def timed_generate(pipe: Pipeline, *args, **kwargs) -> tuple[np.ndarray, float, float]:
