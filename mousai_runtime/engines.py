@@ -4,10 +4,11 @@
 
 Sessions / engines are created once per component (lazily, under a lock) and reused. `run` is safe to call from
 several threads (ORT's InferenceSession.run is thread-safe; the TensorRT and torch engines serialise per component).
-Nothing here imports torch unless the torch engine is constructed.
+Nothing here imports torch: the torch engine is mousai_export.torch_engine, loaded by name on request.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -382,63 +383,8 @@ class TensorRTEngine(Engine):
 
 
 # ------------------------------------------------------------------------------------------------- torch
-
-
-class TorchEngine(Engine):
-    """The PyTorch models of a checkpoint folder, for parity tests. Imports torch (lazily, here only)."""
-
-    kind = "torch"
-
-    def __init__(self, checkpoint: str | os.PathLike, threads: int | None = None, text_encoder: Any = None):
-        try:
-            import torch
-            from training.checkpoint import CheckpointError, load_models
-        except ImportError as e:
-            raise EngineError(f"--engine torch needs torch and the training package ({e})") from None
-        self.torch = torch
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            self.config, models = load_models(checkpoint)
-        except CheckpointError as e:
-            raise EngineError(str(e)) from None
-        self.dmae, self.generator = models["dmae"], models["generator"]
-        self._text = text_encoder  # a FrozenTextEncoder-like module, built lazily
-        self._lock = threading.Lock()
-        self.checkpoint = Path(checkpoint)
-
-    def text_encoder(self):
-        with self._lock:
-            if self._text is None:
-                from training.model.text import FrozenTextEncoder
-
-                self._text = FrozenTextEncoder(self.config.text.encoder, self.config.text.max_length)
-            return self._text
-
-    def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        torch = self.torch
-        t = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in inputs.items()}
-        with torch.no_grad():
-            if component == "text_encoder":
-                te = self.text_encoder()
-                out = te.states(t["input_ids"].long(), t["attention_mask"].long())
-            elif component == "generator":
-                out = self.generator.guided(t["x"].float(), t["sigma"].float(), t["text_states"].float(),
-                                            t["text_mask"].float(), t["guidance"].float())
-            elif component == "encoder":
-                out = self.dmae.encoder.frames_to_latent(t["magnitude"].float())
-            elif component == "decoder":
-                out = self.dmae.denoise(t["x"].float(), t["sigma"].float(), t["latent"].float())
-            else:
-                raise EngineError(f"unknown component {component}")
-        return out.float().numpy()
-
-    @property
-    def providers(self) -> list[str]:
-        return [f"torch {self.torch.__version__} CPU"]
-
-    def describe(self) -> str:
-        return f"torch {self.torch.__version__} eager ({self.checkpoint})"
+# The torch engine (parity tests only) lives on the export side, mousai_export/torch_engine.py, so that this
+# package holds no torch code at all; make_engine imports it by name only when asked for it.
 
 
 def make_engine(kind: str | Engine, bundle: Bundle, providers=None, threads: int | None = None,
@@ -463,5 +409,9 @@ def make_engine(kind: str | Engine, bundle: Bundle, providers=None, threads: int
             if key in src and f.is_file() and sha256_file(f)[0] != src[key]:
                 raise EngineError(f"checkpoint {checkpoint} is not the one bundle {bundle.path} was exported from "
                                   f"({fname} differs): parity would compare different models")
-        return TorchEngine(checkpoint, threads=threads)
+        try:
+            torch_engine = importlib.import_module("mousai_export.torch_engine")
+        except ImportError as e:
+            raise EngineError(f"--engine torch needs torch and the export extras: pip install 'mousai[export]' ({e})") from None
+        return torch_engine.TorchEngine(checkpoint, threads=threads)
     raise EngineError(f"unknown engine {kind!r}: use onnx, trt or torch")
