@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from mousai_runtime.bundle import sha256_file
 import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -123,11 +124,7 @@ def weights_sha256(state_dict: dict[str, Tensor]) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(Path(path))[0]
 
 
 def _now() -> str:

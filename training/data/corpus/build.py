@@ -36,6 +36,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mousai_runtime.bundle import sha256_file as _sha256_and_size
+
 from ..audio import AudioError, save_flac
 from . import midi as midi_mod
 from .debian import DEBIAN_SOURCES, RecordingJob
@@ -72,15 +74,8 @@ class Job:
         return hashlib.sha256(json.dumps(self.recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def sha256_file(path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+def sha256_file(path) -> str:
+    return _sha256_and_size(Path(path))[0]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
