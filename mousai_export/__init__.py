@@ -34,6 +34,9 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Export the checkpoint folder to a bundle folder `out`; returns the manifest.
 
+    A checkpoint with generator weights gives a "text-to-music" bundle; a DMAE-only checkpoint (e.g. from
+    `mousai import archisound`) gives an "autoencoder" bundle (encoder.onnx + decoder.onnx; manifest "kind").
+
     engine: "onnx", or "trt" (also builds TensorRT engines under out/trt/; needs an NVIDIA GPU + tensorrt).
     fp16: fp16 graphs with fp32 islands (softmax, normalisation statistics), with overflow and accuracy figures.
     opset: ONNX opset (>= 18; at most what the installed onnx writes).

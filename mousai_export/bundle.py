@@ -12,6 +12,11 @@ for chunked decoding, and tests/test_export.py checks it against autograd on a G
 decoder. A decoder with self-attention has a global receptive field: it is then set to the samples of
 defaults.max_seconds (decode in one chunk).
 
+Two kinds of bundle (manifest "kind"): a checkpoint with generator weights gives a "text-to-music" bundle (text
+encoder, tokenizer, generator, encoder, decoder); a DMAE-only checkpoint (e.g. `mousai import archisound`) gives an
+"autoencoder" bundle: encoder.onnx + decoder.onnx, no text / generator_info sections, defaults for the decoder only,
+and an end-to-end parity that encodes audio and decodes the latent (parity.end_to_end_autoencoder).
+
 Exported graphs are memoised per process (key: component, weights sha256, config, opset, torch and onnx
 versions), so exporting the same checkpoint again (e.g. --fp16 after fp32, or a retry) skips the slow exporter.
 """
@@ -35,6 +40,8 @@ DEFAULT_GENERATOR_STEPS, DEFAULT_DECODER_STEPS = 50, 10
 DEFAULT_SECONDS, MAX_SECONDS = 10.0, 3600.0
 MODEL_FILES = {"text_encoder": "text_encoder.onnx", "generator": "generator.onnx", "encoder": "encoder.onnx",
                "decoder": "decoder.onnx"}
+TEXT_TO_MUSIC, AUTOENCODER = "text-to-music", "autoencoder"  # manifest "kind"
+KIND_COMPONENTS = {TEXT_TO_MUSIC: tuple(MODEL_FILES), AUTOENCODER: ("encoder", "decoder")}
 CACHE_LIMIT_BYTES = 600_000_000  # graphs larger than this are not memoised
 
 _EXPORT_CACHE: dict[str, tuple[bytes, list, list]] = {}
@@ -240,17 +247,27 @@ def _check_arguments(checkpoint: str, out: str, engine: str, opset: int, force: 
     return ck, o
 
 
-def _load(ck: Path):
-    from training.checkpoint import CheckpointError, load_models, read_config
+def checkpoint_kind(ck: Path) -> str:
+    """"text-to-music" (DMAE + generator weights) or "autoencoder" (DMAE weights only)."""
+    if not (ck / "dmae.safetensors").is_file():
+        raise ExportError(f"checkpoint {ck} has no DMAE weights (dmae.safetensors): a bundle needs at least the "
+                          f"autoencoder")
+    return TEXT_TO_MUSIC if (ck / "generator.safetensors").is_file() else AUTOENCODER
+
+
+def _load(ck: Path, kind: str = TEXT_TO_MUSIC):
+    from training.checkpoint import COMPONENTS, CheckpointError, load_models, read_config
     from training.model.text import FrozenTextEncoder, TextEncoderError
 
     try:
         config, meta = read_config(ck)
-        _, models = load_models(ck)
+        _, models = load_models(ck, components=COMPONENTS if kind == TEXT_TO_MUSIC else ("dmae",))
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     except (OSError, ValueError, RuntimeError) as e:
         raise ExportError(f"cannot load the checkpoint {ck}: {e}") from None
+    if kind == AUTOENCODER:  # no text encoder: nothing to condition
+        return config, meta, models
     try:
         from transformers.utils import logging as hf_logging
 
@@ -274,7 +291,9 @@ def _load(ck: Path):
 
 
 def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp16: bool, opset: int,
-                      tokenizer: dict[str, Any]) -> dict[str, Any]:
+                      tokenizer: dict[str, Any] | None, kind: str = TEXT_TO_MUSIC) -> dict[str, Any]:
+    """Every manifest field but files / models / parity. An autoencoder bundle (tokenizer None) has no text and
+    generator_info sections, no text_encoder source and only the decoder's defaults."""
     import onnx
     import onnxruntime
     import torch
@@ -282,15 +301,18 @@ def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp
     d = config.dmae
     e = d.encoder
     rf = receptive_field(d)
-    sources = {"checkpoint_config_sha256": sha256_file(ck / "config.json")[0], "model_name": config.name,
-               "text_encoder": config.text.encoder}
+    full = kind == TEXT_TO_MUSIC
+    sources = {"checkpoint_config_sha256": sha256_file(ck / "config.json")[0], "model_name": config.name}
+    if full:
+        sources["text_encoder"] = config.text.encoder
     for comp in ("dmae", "generator"):
         f = ck / f"{comp}.safetensors"
         if f.is_file():
             sources[f"{comp}_weights_sha256"] = sha256_file(f)[0]
-    return {
+    m = {
         "format": FORMAT,
         "version": VERSION,
+        "kind": kind,
         "name": name,
         "created": _utc_now(),
         "precision": "fp16" if fp16 else "fp32",
@@ -302,7 +324,7 @@ def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp
         "stft": {"n_fft": e.stft_n_fft, "hop": e.stft_hop, "center": bool(e.stft_center), "normalized": True,
                  "window": "hann", "pad_mode": "reflect"},
         "text": {"max_length": config.text.max_length, "features": config.text.features,
-                 "tokenizer": "tokenizer.json", "pad_id": tokenizer["pad_id"]},
+                 "tokenizer": "tokenizer.json", "pad_id": tokenizer["pad_id"]} if full else None,
         "decoder_info": {
             "length_multiple": d.length_multiple,
             "receptive_field": rf if rf is not None else int(MAX_SECONDS * d.sample_rate),
@@ -310,13 +332,18 @@ def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp
             else "global (decoder self-attention): decode in one chunk",
             "downsampling": [d.decoder.patch_size, *d.decoder.factors],
         },
-        "generator_info": {"length_multiple": config.generator.unet.downsample_factor},
+        "generator_info": {"length_multiple": config.generator.unet.downsample_factor} if full else None,
         "defaults": {"sampler": "ddim", "schedule": "linear",
                      "generator_steps": int(meta.get("generator_steps", DEFAULT_GENERATOR_STEPS)),
                      "decoder_steps": int(meta.get("decoder_steps", DEFAULT_DECODER_STEPS)),
                      "guidance": float(meta.get("guidance", config.generator.default_guidance)),
                      "seconds": DEFAULT_SECONDS, "max_seconds": MAX_SECONDS},
     }
+    if not full:
+        del m["text"], m["generator_info"]
+        for k in ("generator_steps", "guidance", "seconds"):  # generation settings: there is no generator
+            del m["defaults"][k]
+    return m
 
 
 # ------------------------------------------------------------------------------------------------- the export
@@ -351,10 +378,14 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
         from .trt import require
 
         require()  # before any slow work
-    total = 7 + int(fp16) + int(check) + int(engine == "trt")
+    kind = checkpoint_kind(ck)
+    comps = KIND_COMPONENTS[kind]
+    # load + tokenizer (text-to-music only) + one step per graph + manifest (+ parity, fp16, trt)
+    total = 2 + (kind == TEXT_TO_MUSIC) + len(comps) + int(fp16) + int(check) + int(engine == "trt")
     steps = Steps(total, progress)
-    steps.start(f"loading checkpoint {ck}")
-    config, meta, models = _load(ck)
+    steps.start(f"loading checkpoint {ck}" + ("" if kind == TEXT_TO_MUSIC else
+                                             " (DMAE only: autoencoder bundle, encoder + decoder)"))
+    config, meta, models = _load(ck, kind)
     steps.done()
     result: dict[str, Any] = {}
 
@@ -366,7 +397,8 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
         p = p.parent
 
     def write(tmp: Path) -> None:
-        result["manifest"] = _write_bundle(tmp, o, ck, config, meta, models, engine, fp16, opset, check, steps)
+        result["manifest"] = _write_bundle(tmp, o, ck, config, meta, models, engine, fp16, opset, check, steps,
+                                           kind)
 
     try:
         atomic_dir(o, write, overwrite=force)
@@ -397,25 +429,37 @@ def _cleanup(created: list[Path]) -> None:
 
 
 def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, models: dict, engine: str,
-                  fp16: bool, opset: int, check: bool, steps: Steps) -> dict[str, Any]:
+                  fp16: bool, opset: int, check: bool, steps: Steps, kind: str = TEXT_TO_MUSIC) -> dict[str, Any]:
     from . import onnx as ox
     from . import parity as par
+
+    comps = KIND_COMPONENTS[kind]
+    full = kind == TEXT_TO_MUSIC
+
+    def end_to_end(paths: dict[str, Path]) -> dict[str, Any]:
+        if full:
+            return par.end_to_end(paths, tmp / "tokenizer.json", models, config)
+        return par.end_to_end_autoencoder(paths, models, config)
 
     work = tmp / ".fp32" if fp16 else tmp  # fp16: the fp32 graphs are the reference, kept out of the bundle
     work.mkdir(exist_ok=True)
     try:
-        steps.start("tokenizer.json")
-        tokenizer = ox.save_tokenizer(models["text_encoder"], tmp / "tokenizer.json")
-        steps.done()
+        tokenizer = None
+        if full:
+            steps.start("tokenizer.json")
+            tokenizer = ox.save_tokenizer(models["text_encoder"], tmp / "tokenizer.json")
+            steps.done()
         cfg_json = json.dumps(config.to_dict(), sort_keys=True)
         exported: dict[str, Any] = {}
         jobs = {
-            "text_encoder": (models["text_encoder"].model, lambda p: ox.export_text_encoder(models["text_encoder"], p, opset)),
-            "generator": (models["generator"], lambda p: ox.export_generator(models["generator"], p, opset)),
-            "encoder": (models["dmae"].encoder, lambda p: ox.export_encoder(models["dmae"], p, opset)),
-            "decoder": (models["dmae"], lambda p: ox.export_decoder(models["dmae"], p, opset)),
+            "text_encoder": lambda: (models["text_encoder"].model,
+                                     lambda p: ox.export_text_encoder(models["text_encoder"], p, opset)),
+            "generator": lambda: (models["generator"], lambda p: ox.export_generator(models["generator"], p, opset)),
+            "encoder": lambda: (models["dmae"].encoder, lambda p: ox.export_encoder(models["dmae"], p, opset)),
+            "decoder": lambda: (models["dmae"], lambda p: ox.export_decoder(models["dmae"], p, opset)),
         }
-        for comp, (module, fn) in jobs.items():
+        for comp in comps:
+            module, fn = jobs[comp]()
             steps.start(f"{MODEL_FILES[comp]}")
             path = work / MODEL_FILES[comp]
             try:
@@ -428,19 +472,19 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
             steps.done("(memoised)" if hit else "")
 
         parity: dict[str, dict[str, Any]] = {}
-        paths32 = {c: work / MODEL_FILES[c] for c in MODEL_FILES}
+        paths32 = {c: work / MODEL_FILES[c] for c in comps}
         if check:
             steps.start("parity: ONNX Runtime vs PyTorch (batch 1 and 3, two new lengths, end to end)")
-            for comp in MODEL_FILES:
+            for comp in comps:
                 parity[comp] = par.component_parity(comp, paths32[comp], models, config)
-            parity["end_to_end"] = par.end_to_end(paths32, tmp / "tokenizer.json", models, config)
+            parity["end_to_end"] = end_to_end(paths32)
             steps.done()
 
         if fp16:
             from . import fp16 as half
 
             steps.start("fp16 graphs (fp32 islands)" + (" + overflow / accuracy figures" if check else ""))
-            for comp in MODEL_FILES:
+            for comp in comps:
                 files = half.convert(paths32[comp], tmp / MODEL_FILES[comp])
                 exported[comp].files = files
                 if check:
@@ -449,9 +493,9 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
                     figs.update({"fp32_max_abs": f32["max_abs"], "fp32_rel_l2": f32["rel_l2"]})
                     parity[comp] = figs
             if check:
-                paths16 = {c: tmp / MODEL_FILES[c] for c in MODEL_FILES}
+                paths16 = {c: tmp / MODEL_FILES[c] for c in comps}
                 e2e32 = parity["end_to_end"]
-                e2e = par.end_to_end(paths16, tmp / "tokenizer.json", models, config)
+                e2e = end_to_end(paths16)
                 e2e.update({"fp32_max_abs": e2e32["max_abs"], "fp32_rel_l2": e2e32["rel_l2"]})
                 parity["end_to_end"] = e2e
             steps.done()
@@ -473,9 +517,9 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
             raise ExportError("parity check failed, no bundle written: " + "; ".join(bad))
 
     steps.start("manifest.json")
-    manifest = manifest_skeleton(config, meta, ck, final.name, fp16, opset, tokenizer)
+    manifest = manifest_skeleton(config, meta, ck, final.name, fp16, opset, tokenizer, kind)
     manifest["models"] = {c: {"file": MODEL_FILES[c], "inputs": exported[c].inputs, "outputs": exported[c].outputs}
-                          for c in MODEL_FILES}
+                          for c in comps}
     steps.done()
 
     if engine == "trt":

@@ -4,7 +4,9 @@ Per component: fresh random inputs at two lengths different from the export's, a
 graphs were exported at batch 2), figures = the worst case of the two. The encoder is measured on the path a
 runtime takes (numpy magnitude STFT -> encoder.onnx) against `DMAE.encode` on the same audio.
 End to end: prompts -> tokenizer.json + text_encoder.onnx -> 3 guided generator steps -> 3 decoder steps with
-numpy DDIM, against the torch models with torch DDIM, both fed the same noise.
+numpy DDIM, against the torch models with torch DDIM, both fed the same noise. An autoencoder bundle's end to end
+(`end_to_end_autoencoder`): audio -> numpy STFT + encoder.onnx -> 3 decoder steps with numpy DDIM, against
+`DMAE.encode` + `DMAE.decode` with the same noise, at a latent length that needs the decoder's padding.
 
 Figures: {"max_abs": max |ort - torch|, "rel_l2": ||ort - torch|| / ||torch||}.
 """
@@ -233,6 +235,36 @@ def end_to_end(paths: dict[str, Path], tokenizer_json: str | Path, models: dict[
     out["latent_rel_l2"] = figures(latent_t.numpy(), latent_o)["rel_l2"]
     out["tokenizer_ids_equal"] = tokenizer_equal
     out["steps"] = {"generator": generator_steps, "decoder": decoder_steps, "guidance": guidance}
+    return out
+
+
+def end_to_end_autoencoder(paths: dict[str, Path], models: dict[str, Any], config: Any, batch: int = 2,
+                           decoder_steps: int = 3, seed: int = 7) -> dict[str, Any]:
+    """Encode then decode both ways from the same audio and noise; figures on the audio, `latent_rel_l2` on the
+    encoder's latent. The latent is one frame longer than a decoder multiple, so both sides pad (the runtime's way:
+    latent zero-padded to the multiple, the padded output cropped)."""
+    c = config.dmae
+    per = c.length_multiple // c.hop
+    frames = per * 2 + 1
+    padded = -(-frames // per) * per
+    rng = np.random.default_rng(seed)
+    audio = (rng.standard_normal((batch, c.encoder.in_channels, frames * c.hop - 37)) * 0.2).astype(np.float32)
+    noise = rng.standard_normal((batch, c.decoder.in_channels, padded * c.hop)).astype(np.float32)
+
+    s_enc, s_dec = session(paths["encoder"]), session(paths["decoder"])
+    latent_o = run(s_enc, onnx_feeds("encoder", config, {"audio": audio}))
+    lat_p = np.pad(latent_o, ((0, 0), (0, 0), (0, padded - latent_o.shape[-1])))
+    audio_o = numpy_ddim(lambda x, s: run(s_dec, {"x": x, "sigma": s, "latent": lat_p}), noise,
+                         decoder_steps)[..., : frames * c.hop] / c.audio_scale
+
+    dmae = models["dmae"]
+    with torch.no_grad():
+        latent_t = dmae.encode(torch.from_numpy(audio))
+        audio_t = dmae.decode(latent_t, steps=decoder_steps, noise=torch.from_numpy(noise))
+    out: dict[str, Any] = figures(audio_t.numpy(), audio_o)
+    out["latent_rel_l2"] = figures(latent_t.numpy(), latent_o)["rel_l2"]
+    out["steps"] = {"decoder": decoder_steps}
+    out["frames"] = frames
     return out
 
 

@@ -94,34 +94,38 @@ def default_profiles(manifest: dict[str, Any], batch: tuple[int, int, int] = (1,
     decodes longer clips in overlapping chunks).
     """
     sr, hop = manifest["audio"]["sample_rate"], manifest["latent"]["hop"]
-    gmult, dmult = manifest["generator_info"]["length_multiple"], manifest["decoder_info"]["length_multiple"]
-    opt_s = float(manifest["defaults"]["seconds"])
+    dmult = manifest["decoder_info"]["length_multiple"]
+    opt_s = float(manifest["defaults"].get("seconds", 10.0))  # an autoencoder bundle has no generation length
     seconds = seconds or (0.0, opt_s, 120.0)
     decoder_seconds = decoder_seconds or (0.0, opt_s, 30.0)
-
-    def frames(s: float) -> int:  # latent frames for s seconds, rounded up to the generator multiple (>= 1)
-        f = max(1, math.ceil(s * sr / hop))
-        return max(gmult, -(-f // gmult) * gmult)
 
     def samples(s: float) -> int:
         n = max(1, math.ceil(s * sr))
         return max(dmult, -(-n // dmult) * dmult)
 
-    t = manifest["text"]
-    n, d, lat = t["max_length"], t["features"], manifest["latent"]["channels"]
+    lat = manifest["latent"]["channels"]
     ch = manifest["audio"]["channels"]
     bins = manifest["stft"]["n_fft"] // 2 + 1
     bmin, bopt, bmax = batch
     prof: dict[str, Profile] = {}
-    prof["text_encoder"] = Profile({k: ((bmin, n), (bopt, n), (bmax, n)) for k in ("input_ids", "attention_mask")})
-    g = [frames(s) for s in seconds]
-    prof["generator"] = Profile({
-        "x": tuple((b, lat, f) for b, f in zip(batch, g)),
-        "sigma": ((bmin,), (bopt,), (bmax,)),
-        "text_states": ((bmin, n, d), (bopt, n, d), (bmax, n, d)),
-        "text_mask": ((bmin, n), (bopt, n), (bmax, n)),
-        "guidance": ((bmin,), (bopt,), (bmax,)),
-    })
+    if "text" in manifest and "generator_info" in manifest:  # not in an autoencoder bundle
+        gmult = manifest["generator_info"]["length_multiple"]
+
+        def frames(s: float) -> int:  # latent frames for s seconds, rounded up to the generator multiple (>= 1)
+            f = max(1, math.ceil(s * sr / hop))
+            return max(gmult, -(-f // gmult) * gmult)
+
+        t = manifest["text"]
+        n, d = t["max_length"], t["features"]
+        prof["text_encoder"] = Profile({k: ((bmin, n), (bopt, n), (bmax, n)) for k in ("input_ids", "attention_mask")})
+        g = [frames(s) for s in seconds]
+        prof["generator"] = Profile({
+            "x": tuple((b, lat, f) for b, f in zip(batch, g)),
+            "sigma": ((bmin,), (bopt,), (bmax,)),
+            "text_states": ((bmin, n, d), (bopt, n, d), (bmax, n, d)),
+            "text_mask": ((bmin, n), (bopt, n), (bmax, n)),
+            "guidance": ((bmin,), (bopt,), (bmax,)),
+        })
     sm = [samples(s) for s in decoder_seconds]
     prof["decoder"] = Profile({
         "x": tuple((b, ch, s) for b, s in zip(batch, sm)),

@@ -85,6 +85,7 @@ def test_bundle_files_and_manifest_match_contract(bundle, checkpoint):
     assert set(m["files"]) == names
     assert {p.name for p in out.iterdir()} == names | {"manifest.json"}
     assert (m["format"], m["version"], m["precision"], m["name"]) == ("mousai-bundle", 1, "fp32", "fp32")
+    assert m["kind"] == "text-to-music"
     assert m["versions"]["opset"] == 18 and m["versions"]["torch"] == torch.__version__.split("+")[0]
     assert m["source"]["checkpoint_config_sha256"] == hashlib.sha256((checkpoint / "config.json").read_bytes()).hexdigest()
     assert m["source"]["model_name"] == "tiny"
