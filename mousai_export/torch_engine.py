@@ -30,10 +30,11 @@ class TorchEngine(Engine):
         if threads:
             torch.set_num_threads(threads)
         try:
-            self.config, models = load_models(checkpoint)
+            has_generator = (Path(checkpoint) / "generator.safetensors").is_file()
+            self.config, models = load_models(checkpoint, ("dmae", "generator") if has_generator else ("dmae",))
         except CheckpointError as e:
             raise EngineError(str(e)) from None
-        self.dmae, self.generator = models["dmae"], models["generator"]
+        self.dmae, self.generator = models["dmae"], models.get("generator")
         self._text = text_encoder  # a FrozenTextEncoder-like module, built lazily
         self._lock = threading.Lock()
         self.checkpoint = Path(checkpoint)
