@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mousai_runtime.bundle import sha256_file
+
 from . import ExportError
 
 FORMAT, VERSION = "mousai-bundle", 1
@@ -69,15 +71,6 @@ class Steps:
     def note(self, what: str) -> None:
         if self.enabled:
             print(f"\n      {what}", end="", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: str | Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
 
 
 def _utc_now() -> str:

@@ -13,7 +13,6 @@ mis-traces the attention reshapes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import warnings
@@ -333,13 +332,3 @@ def export_decoder(dmae: nn.Module, path: str | Path, opset: int = 18, k: int = 
     )
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n

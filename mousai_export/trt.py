@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mousai_runtime.bundle import sha256_file
+
 NO_TRT = ("TensorRT engines need an NVIDIA GPU and the tensorrt package (pip install 'mousai[trt]'); "
           "this machine has none: use --engine onnx")
 TIMING_CACHE = "timing.cache"
@@ -144,14 +146,6 @@ def cache_key(onnx_sha256: str, trt_version: str, cc: tuple[int, int], profile: 
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_engine(trt: Any, onnx_path: Path, engine_path: Path, profile: Profile, fp16: bool,
                  timing_cache: Path, workspace_gb: float = 4.0) -> None:
     """One engine: ONNX parser -> network -> config (fp16, workspace, timing cache, profile) -> serialized engine."""
@@ -203,7 +197,7 @@ def build_engines(bundle_dir: Path, manifest: dict[str, Any], fp16: bool, profil
                              "timing_cache": f"trt/{TIMING_CACHE}", "engines": {}}
     for comp, spec in manifest["models"].items():
         onnx_path = bundle_dir / spec["file"]
-        sha = _sha256(onnx_path)
+        sha = sha256_file(onnx_path)[0]
         key = cache_key(sha, trt.__version__, cc, profiles[comp], fp16)
         name = f"{comp}-{key}.engine"
         target = out / name
