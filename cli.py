@@ -163,6 +163,8 @@ def train(
     ckpt_every: int = typer.Option(250, "--ckpt-every", help="Checkpoint every N steps."),
     sample_every: int = typer.Option(1000, "--sample-every", help="Write an audio sample every N steps (0 = never)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a TTY)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="New run: start from this checkpoint's "
+                                             "weights at its step, e.g. the committed engines/checkpoints/..."),
 ) -> None:
     """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
     try:
@@ -173,7 +175,8 @@ def train(
         result = run_train(stage=stage.value, data=str(data) if data else None, config=config, out=str(out),
                            steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
                            seed=seed, threads=threads, ckpt_every=ckpt_every, sample_every=sample_every,
-                           dmae=str(dmae) if dmae else None, progress=progress)
+                           dmae=str(dmae) if dmae else None, progress=progress,
+                           init_from=str(init_from) if init_from else None)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         raise fail(str(e))
     typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")

@@ -145,6 +145,24 @@ def test_sample_written(corpus, cfg_file, tmp_path):
         assert sr == 48000 and a.shape == (CROP, 2)
 
 
+def test_init_from_committed_checkpoint_continues_at_its_step(corpus, cfg_file, tmp_path):
+    """A fresh machine has only the committed (fp16) EMA checkpoint: --init-from starts there, at its step."""
+    first = tmp_path / "first"
+    T.train("autoencoder", corpus, cfg_file, first, steps=2, ckpt_every=0, **{**FAST, "log_every": 0})
+    committed = tmp_path / "committed"
+    config, meta = read_config(first / "checkpoint")
+    w = checkpoint.load_weights(first / "checkpoint", "dmae")
+    checkpoint.save_checkpoint(committed, config, {"dmae": w}, meta, dtype=torch.float16)
+    second = tmp_path / "second"
+    r = T.train("autoencoder", corpus, cfg_file, second, steps=3, ckpt_every=0, init_from=committed,
+                **{**FAST, "log_every": 0})
+    assert r.step == 3 and len(r.losses) == 1  # started at the committed step 2, not from scratch
+    assert read_config(second / "checkpoint")[1]["step"] == 3
+    with pytest.raises(T.TrainingError, match="init-from"):
+        T.train("autoencoder", corpus, cfg_file, tmp_path / "third", steps=3, init_from=tmp_path / "nothing",
+                **{**FAST, "log_every": 0})
+
+
 def test_kill_and_resume_is_bit_identical(corpus, cfg_file, tmp_path):
     """Uninterrupted N steps == SIGKILL mid-save after the state of step K, then --resume to N."""
     n, k = 6, 2

@@ -486,6 +486,7 @@ def train(
     sample_steps: int = 10,
     progress: bool | None = None,
     tensorboard: bool = True,
+    init_from: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train stage "autoencoder" (DMAE) or "generator" (text-to-latent) into the run folder `out`.
 
@@ -508,6 +509,9 @@ def train(
         ema_beta / ema_power: EMA decay min(beta, 1 - (1 + step) ** -power).
         sample_steps: decoder (and generator) denoising steps for the periodic samples.
         progress: tqdm bar (None = only when stderr is a TTY). tensorboard: write out/tb.
+        init_from: (new run only) start from the weights of this checkpoint folder (e.g. the committed EMA
+            weights in engines/checkpoints/) at its recorded step, with a fresh optimizer: how a run continues on a
+            machine that does not have its state/ folder.
 
     Raises TrainingError / ValueError (one-line messages) for bad input, a non-finite loss or a failed save.
     """
@@ -533,7 +537,7 @@ def train(
                       batch_size=batch_size, crop_length=crop_length, lr=lr, seed=seed, ckpt_every=ckpt_every,
                       sample_every=sample_every, log_every=log_every, dmae=dmae, grad_clip=grad_clip,
                       ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, progress=progress,
-                      tensorboard=tensorboard, rank=rank, world=world, device=device)
+                      tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from)
     finally:
         if lock is not None:
             lock.close()
@@ -543,7 +547,7 @@ def train(
 
 def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr, seed, ckpt_every,
            sample_every, log_every, dmae, grad_clip, ema_beta, ema_power, sample_steps, progress, tensorboard,
-           rank, world, device) -> TrainResult:
+           rank, world, device, init_from=None) -> TrainResult:
     from .data.dataset import AudioFolder, RandomCrops
 
     t_start = time.time()
@@ -660,6 +664,15 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
         for g in opt.param_groups:
             g["lr"] = lr
         step = int(saved["step"])
+    elif init_from is not None:
+        component = "dmae" if stage == "autoencoder" else "generator"
+        try:
+            weights = load_weights(init_from, component)
+            load_into(model, weights, component)
+            load_into(ema, weights, component)
+            step = int(read_config(init_from)[1].get("step", 0))
+        except CheckpointError as e:
+            raise TrainingError(f"--init-from {init_from}: {e}") from e
 
     # ---- data -------------------------------------------------------------------------------------------------
     sr = cfg.dmae.sample_rate
@@ -888,6 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", help="tiny | paper | JSON file (default: tiny, or the run's on --resume)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--dmae", help="generator stage: DMAE checkpoint folder (e.g. runs/ae/checkpoint)")
+    p.add_argument("--init-from", help="new run: start from this checkpoint's weights at its step (fresh optimizer)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--steps", type=int, default=10_000, help="total steps to reach")
     p.add_argument("--batch-size", type=int)
@@ -910,7 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   crop_length=a.crop_length, lr=a.lr, seed=a.seed, threads=a.threads, ckpt_every=a.ckpt_every,
                   sample_every=a.sample_every, log_every=a.log_every, dmae=a.dmae, grad_clip=a.grad_clip,
                   ema_beta=a.ema_beta, ema_power=a.ema_power, sample_steps=a.sample_steps,
-                  progress=False if a.no_progress else None, tensorboard=not a.no_tensorboard)
+                  progress=False if a.no_progress else None, tensorboard=not a.no_tensorboard,
+                  init_from=a.init_from)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
