@@ -186,7 +186,10 @@ class Bundle:
     @classmethod
     def _load(cls, path: Path, verify: bool) -> "Bundle":
         if not path.exists():
-            raise BundleError(f"bundle not found: {path} (export one with `mousai export CHECKPOINT -o {path}`)")
+            hint = (" - the trained default model is not shipped yet (it is being trained: see training/RECIPE.md); "
+                    "meanwhile pass --model with a bundle of your own" if path.name == "default" and
+                    path.parent.name == "engines" else "")
+            raise BundleError(f"bundle not found: {path} (export one with `mousai export CHECKPOINT -o {path}`){hint}")
         if not path.is_dir():
             raise BundleError(f"not a bundle folder: {path}")
         mf = path / "manifest.json"
