@@ -147,6 +147,17 @@ def _fixed_level_loss(dmae, audio, sigmas, noise):
                      for s in sigmas) / len(sigmas))
 
 
+def _stft_distance(a, b):
+    """Multi-resolution spectral convergence: || |STFT a| - |STFT b| || / || |STFT b| ||, mean of 3 sizes."""
+    total = 0.0
+    for n_fft in (256, 1024, 4096):
+        win = torch.hann_window(n_fft)
+        sa, sb = (torch.stft(x.reshape(-1, x.shape[-1]), n_fft, n_fft // 4, window=win, return_complex=True).abs()
+                  for x in (a, b))
+        total += float((sa - sb).norm() / sb.norm())
+    return total / 3
+
+
 def _clip(seconds=1.0, sr=48000):
     t = torch.arange(int(seconds * sr)) / sr
     left = 0.3 * torch.sin(2 * math.pi * 220 * t) * (0.5 + 0.5 * torch.sin(2 * math.pi * 2 * t))
@@ -177,9 +188,12 @@ def test_tiny_dmae_overfits_one_clip():
         end = _fixed_level_loss(dmae, audio, sigmas, noise)
         recon = dmae.decode(dmae.encode(audio), steps=10, generator=torch.Generator().manual_seed(0))
     assert end <= start / 3, (start, end)
+    # the latent holds magnitudes only (the decoder generates the phase: waveform MSE is not the measure), so
+    # compare magnitude spectra (multi-resolution spectral convergence) against white noise of the clip's loudness
     rms = audio.pow(2).mean().sqrt()
-    noise_same_loudness = torch.randn_like(audio) * rms
-    assert (recon - audio).pow(2).mean() < (noise_same_loudness - audio).pow(2).mean()
+    noise_same_loudness = torch.randn(audio.shape, generator=torch.Generator().manual_seed(1)) * rms
+    d_recon, d_noise = _stft_distance(recon, audio), _stft_distance(noise_same_loudness, audio)
+    assert d_recon < 0.85 * d_noise, (d_recon, d_noise)  # measured 0.94 vs 1.36
 
 
 @pytest.fixture(scope="module")
