@@ -145,26 +145,28 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict | None = None) -> DMAE
         raise ImportError_(f"inferred architecture is inconsistent: {e}") from e
 
 
+# the key that identifies each module kind in a reference level's sequence (checked in this order)
+_MARKERS = (
+    ("skip.blocks.0.1.weight", "inner"),
+    ("block.blocks.0.blocks.0.0.weight", "resnet"),
+    ("blocks.0.block.blocks.0.1.weight", "modulation"),
+    ("blocks.0.block.to_q.weight", "attention"),
+    ("block.blocks.0.weight", "inject"),
+    ("block.1.weight", "upsample"),
+)
+
+
 def _level_modules(sd: dict[str, torch.Tensor], ref: str) -> list[tuple[int, str]]:
     """The kinds of the modules in one reference level's sequence, after its down-sample (index 0)."""
     kinds, i = [], 1
     while True:
         base = f"{ref}.block.blocks.{i}"
-        if f"{base}.skip.blocks.0.1.weight" in sd:
-            kinds.append((i, "inner"))
-        elif f"{base}.block.blocks.0.blocks.0.0.weight" in sd:
-            kinds.append((i, "resnet"))
-        elif f"{base}.blocks.0.block.blocks.0.1.weight" in sd:
-            kinds.append((i, "modulation"))
-        elif f"{base}.blocks.0.block.to_q.weight" in sd:
-            kinds.append((i, "attention"))
-        elif f"{base}.block.blocks.0.weight" in sd:
-            kinds.append((i, "inject"))
-        elif f"{base}.block.1.weight" in sd:
-            kinds.append((i, "upsample"))
-            return kinds
-        else:
+        kind = next((k for suffix, k in _MARKERS if f"{base}.{suffix}" in sd), None)
+        if kind is None:
             raise ImportError_(f"unrecognised module at {base}")
+        kinds.append((i, kind))
+        if kind == "upsample":
+            return kinds
         i += 1
 
 
