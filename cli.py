@@ -165,6 +165,10 @@ def train(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a TTY)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="New run: start from this checkpoint's "
                                              "weights at its step, e.g. the committed engines/checkpoints/..."),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder",
+                                                  help="autoencoder: train the decoder only, so the latents stay "
+                                                  "fixed while a generator trains on them (default: the run's own; "
+                                                  "off for a new run)."),
 ) -> None:
     """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
     try:
@@ -176,7 +180,7 @@ def train(
                            steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
                            seed=seed, threads=threads, ckpt_every=ckpt_every, sample_every=sample_every,
                            dmae=str(dmae) if dmae else None, progress=progress,
-                           init_from=str(init_from) if init_from else None)
+                           init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         raise fail(str(e))
     typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")

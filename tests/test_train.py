@@ -333,3 +333,28 @@ def test_generator_stage_with_real_text_encoder(corpus, cfg_file, tmp_path):
     T.train("generator", corpus, None, ref, steps=4, ckpt_every=0, dmae=ae / "checkpoint", **FAST)
     for f in ("model", "ema", "optimizer"):
         assert_same_tensors(ref / "state" / f"{f}.safetensors", out / "state" / f"{f}.safetensors")
+
+
+def test_freeze_encoder_trains_the_decoder_only(corpus, cfg_file, tmp_path):
+    T.train("autoencoder", corpus, cfg_file, tmp_path / "a", steps=2, **FAST)
+    frozen = T.train("autoencoder", None, None, tmp_path / "a", steps=4, resume=True, freeze_encoder=True, **FAST)
+    assert frozen.step == 4
+    before = load_file(str(tmp_path / "a" / "checkpoint" / "dmae.safetensors"))
+    doc = json.loads((tmp_path / "a" / "state" / "state.json").read_text())
+    assert doc["hparams"]["freeze_encoder"] is True
+    # a later resume without the flag keeps the run's own setting
+    T.train("autoencoder", None, None, tmp_path / "a", steps=6, resume=True, **FAST)
+    after = load_file(str(tmp_path / "a" / "checkpoint" / "dmae.safetensors"))
+    enc = [k for k in before if k.startswith("encoder.")]
+    dec = [k for k in before if k.startswith("decoder.")]
+    assert enc and dec
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert sum(not torch.equal(before[k], after[k]) for k in dec) > len(dec) // 2
+    _, meta6 = read_config(tmp_path / "a" / "checkpoint")
+    assert meta6["encoder_sha256"] == T.weights_sha256({k[len("encoder."):]: v for k, v in after.items()
+                                                        if k.startswith("encoder.")})
+
+
+def test_freeze_encoder_is_for_the_autoencoder(corpus, cfg_file, tmp_path):
+    with pytest.raises(ValueError, match="autoencoder stage only"):
+        T.train("generator", corpus, cfg_file, tmp_path / "g", steps=1, freeze_encoder=True, dmae=tmp_path, **FAST)

@@ -109,7 +109,8 @@ def ema_decay(step: int, beta: float = 0.995, power: float = 0.7) -> float:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        if p.requires_grad:  # a frozen part is already equal; e * d + e * (1 - d) would drift by rounding
+            e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -487,6 +488,7 @@ def train(
     progress: bool | None = None,
     tensorboard: bool = True,
     init_from: str | os.PathLike | None = None,
+    freeze_encoder: bool | None = None,
 ) -> TrainResult:
     """Train stage "autoencoder" (DMAE) or "generator" (text-to-latent) into the run folder `out`.
 
@@ -512,6 +514,9 @@ def train(
         init_from: (new run only) start from the weights of this checkpoint folder (e.g. the committed EMA
             weights in engines/checkpoints/) at its recorded step, with a fresh optimizer: how a run continues on a
             machine that does not have its state/ folder.
+        freeze_encoder: (autoencoder stage) train the decoder only, the encoder fixed at its EMA weights, so that a
+            generator can train on that encoder's latents while the decoder keeps improving; the checkpoint's
+            `encoder_sha256` says which latents a DMAE makes. None = the run's own setting (default off).
 
     Raises TrainingError / ValueError (one-line messages) for bad input, a non-finite loss or a failed save.
     """
@@ -537,7 +542,8 @@ def train(
                       batch_size=batch_size, crop_length=crop_length, lr=lr, seed=seed, ckpt_every=ckpt_every,
                       sample_every=sample_every, log_every=log_every, dmae=dmae, grad_clip=grad_clip,
                       ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, progress=progress,
-                      tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from)
+                      tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from,
+                      freeze_encoder=freeze_encoder)
     finally:
         if lock is not None:
             lock.close()
@@ -547,7 +553,7 @@ def train(
 
 def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr, seed, ckpt_every,
            sample_every, log_every, dmae, grad_clip, ema_beta, ema_power, sample_steps, progress, tensorboard,
-           rank, world, device, init_from=None) -> TrainResult:
+           rank, world, device, init_from=None, freeze_encoder=None) -> TrainResult:
     from .data.dataset import AudioFolder, RandomCrops
 
     t_start = time.time()
@@ -576,6 +582,9 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
     batch_size = _resolve("batch_size", batch_size, hp.get("batch_size"), 8, False, notes)
     crop_length = _resolve("crop_length", crop_length, hp.get("crop_length"), DEFAULT_CROP[stage], False, notes)
     lr = _resolve("lr", lr, hp.get("lr"), 1e-4, False, notes)
+    freeze_encoder = bool(_resolve("freeze_encoder", freeze_encoder, hp.get("freeze_encoder"), False, False, notes))
+    if freeze_encoder and stage != "autoencoder":
+        raise ValueError("freeze_encoder applies to the autoencoder stage only")
     if saved and hp.get("world_size") != world:
         notes.append(f"world size changed {hp.get('world_size')} -> {world} (no longer bit-identical)")
     if data is None:
@@ -673,6 +682,10 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
             step = int(read_config(init_from)[1].get("step", 0))
         except CheckpointError as e:
             raise TrainingError(f"--init-from {init_from}: {e}") from e
+    if freeze_encoder:
+        # the frozen encoder is the EMA's (what checkpoints ship); AdamW skips parameters that get no gradient
+        model.encoder.load_state_dict(ema.encoder.state_dict())
+        model.encoder.requires_grad_(False)
 
     # ---- data -------------------------------------------------------------------------------------------------
     sr = cfg.dmae.sample_rate
@@ -721,13 +734,15 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
         if not main:
             return
         meta = {"stage": stage, "step": k, "ema": True, "ema_beta": ema_beta, "ema_power": ema_power,
-                "seed": seed, "loss": loss_value, "time": _now()}
+                "seed": seed, "loss": loss_value, "time": _now(),
+                "encoder_sha256": weights_sha256((ema if stage == "autoencoder" else dmae_model).encoder.state_dict())}
         doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "stage": stage, "step": k, "seed": seed,
                "data_seed": seed, "data": data, "model": cfg.to_dict(), "time": _now(), "loss": loss_value,
                "dmae_sha256": dmae_sha,
                "hparams": {"batch_size": batch_size, "crop_length": crop_length, "lr": lr, "betas": list(BETAS),
                            "eps": EPS, "weight_decay": WEIGHT_DECAY, "grad_clip": grad_clip, "ema_beta": ema_beta,
-                           "ema_power": ema_power, "world_size": world}}
+                           "ema_power": ema_power, "world_size": world,
+                           "freeze_encoder": freeze_encoder}}
         try:
             if stage == "autoencoder":
                 weights = {"dmae": ema.state_dict()}
@@ -918,6 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ema-power", type=float, default=0.7)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="autoencoder: train the decoder only (the encoder, and so the latents, stay fixed)")
     a = p.parse_args(argv)
     try:
         r = train(a.stage, a.data, a.config, a.out, steps=a.steps, resume=a.resume, batch_size=a.batch_size,
@@ -925,7 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   sample_every=a.sample_every, log_every=a.log_every, dmae=a.dmae, grad_clip=a.grad_clip,
                   ema_beta=a.ema_beta, ema_power=a.ema_power, sample_steps=a.sample_steps,
                   progress=False if a.no_progress else None, tensorboard=not a.no_tensorboard,
-                  init_from=a.init_from)
+                  init_from=a.init_from, freeze_encoder=True if a.freeze_encoder else None)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

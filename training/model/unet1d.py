@@ -51,16 +51,26 @@ class ResnetBlock(nn.Module):
 
 
 class Modulation(nn.Module):
-    """Channel LayerNorm (no affine) scaled and shifted by the time features."""
+    """Normalisation without affine, scaled and shifted by the time features.
 
-    def __init__(self, channels: int, features: int):
+    norm "layer" (a-unet): LayerNorm over the channels of each time step. norm "group": one GroupNorm group, i.e.
+    statistics over channels and time of each example, which keeps how loud one frame is relative to the next (a
+    per-frame norm makes the path blind to the level of quiet and loud passages alike).
+    """
+
+    def __init__(self, channels: int, features: int, norm: str = "layer"):
         super().__init__()
+        if norm not in ("layer", "group"):
+            raise ValueError(f"modulation norm must be 'layer' or 'group', got {norm!r}")
+        self.norm = norm
         self.to_scale_shift = nn.Linear(features, channels * 2)
 
     def forward(self, x: Tensor, f: Tensor) -> Tensor:
         scale, shift = self.to_scale_shift(F.silu(f)).unsqueeze(-1).chunk(2, dim=1)
-        # LayerNorm over channels == normalise each time step's channel vector
-        h = F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=1e-6).transpose(1, 2)
+        if self.norm == "layer":  # LayerNorm over channels == normalise each time step's channel vector
+            h = F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=1e-6).transpose(1, 2)
+        else:
+            h = F.group_norm(x, 1, eps=1e-6)
         return h * (1 + scale) + shift
 
 
@@ -136,7 +146,7 @@ class Item(nn.Module):
     def __init__(self, cfg: UNetConfig, channels: int, inject: bool, attention: bool, cross: bool):
         super().__init__()
         self.resnet = ResnetBlock(channels, cfg.resnet_groups)
-        self.modulation = Modulation(channels, cfg.modulation_features)
+        self.modulation = Modulation(channels, cfg.modulation_features, cfg.modulation_norm)
         self.inject = Inject(channels, cfg.inject_channels) if inject else None
         self.attention = Attention(channels, cfg.attention_heads, cfg.attention_features) if attention else None
         self.cross_attention = (
@@ -171,6 +181,8 @@ class Level(nn.Module):
         self.up = nn.Conv1d(ch, out_channels, 3, padding=1)
         self.skip_adapter = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.skip_scale = nn.Linear(cfg.modulation_features, out_channels)
+        if cfg.merge_scale_init is not None:  # the inner levels start switched on (see UNetConfig.merge_scale_init)
+            nn.init.constant_(self.skip_scale.bias, cfg.merge_scale_init)
 
     def upsample(self, x: Tensor) -> Tensor:
         if self.factor > 1:
