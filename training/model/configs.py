@@ -38,6 +38,9 @@ class UNetConfig:
     # by ~1e-7 (relative; 1e-2 with 1.0). Initialisation only: it changes no forward computation.
     merge_scale_init: float | None = None
     modulation_norm: str = "layer"  # "layer" (a-unet: per time step) or "group" (per example; see unet1d.Modulation)
+    # "modulate" (a-unet): skip + scale(f) * inner. "gated": skip * (1 + conv1x1(inner)) + scale(f) * inner, a
+    # multiplicative path from the inner levels to the skip (see unet1d.Level.merge)
+    merge: str = "modulate"
 
     def __post_init__(self) -> None:
         n = len(self.channels)
@@ -52,6 +55,8 @@ class UNetConfig:
             raise ValueError("inject_depth must name a level and inject_channels must be > 0")
         if self.patch_size > 1 and self.patch_channels <= 0:
             raise ValueError("a patch transform needs patch_channels > 0")
+        if self.merge not in ("modulate", "gated"):
+            raise ValueError(f"UNetConfig.merge must be 'modulate' or 'gated', got {self.merge!r}")
         if any(c % self.resnet_groups for c in self.channels):
             raise ValueError(f"every level's channels must be divisible by resnet_groups={self.resnet_groups}")
 
@@ -217,6 +222,13 @@ def tiny() -> ModelConfig:
         inject_channels=32,
         resnet_groups=8,
         modulation_features=256,
+        # Three departures from a-unet's defaults, measured on the corpus (500 steps, loss with the real latent vs a
+        # zero latent): a-unet's merge and per-frame LayerNorm left the decoder blind to the latent (ratio 1.0000 at
+        # every noise level, and still after 3,250 steps); with these the latent is used from the start (ratio 1.15
+        # at sigma 0.2, 1.07 at 0.8, 1.18 at 0.95) and the loss is lower at every noise level.
+        merge="gated",
+        modulation_norm="group",
+        merge_scale_init=1.0,
     )
     gen = UNetConfig(
         in_channels=32,

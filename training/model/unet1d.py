@@ -183,6 +183,11 @@ class Level(nn.Module):
         self.skip_scale = nn.Linear(cfg.modulation_features, out_channels)
         if cfg.merge_scale_init is not None:  # the inner levels start switched on (see UNetConfig.merge_scale_init)
             nn.init.constant_(self.skip_scale.bias, cfg.merge_scale_init)
+        self.skip_gate = None
+        if cfg.merge == "gated":  # zero-initialised: the merge starts as a-unet's and learns gains from there
+            self.skip_gate = nn.Conv1d(out_channels, out_channels, 1)
+            nn.init.zeros_(self.skip_gate.weight)
+            nn.init.zeros_(self.skip_gate.bias)
 
     def upsample(self, x: Tensor) -> Tensor:
         if self.factor > 1:
@@ -190,7 +195,10 @@ class Level(nn.Module):
         return self.up(x)
 
     def merge(self, skip: Tensor, x: Tensor, f: Tensor) -> Tensor:
-        return skip + self.skip_scale(F.silu(f)).unsqueeze(-1) * x
+        out = self.skip_scale(F.silu(f)).unsqueeze(-1) * x
+        if self.skip_gate is not None:  # the inner levels (which hold the latent) set per-channel gains on the skip
+            return skip * (1 + self.skip_gate(x)) + out
+        return skip + out
 
 
 class UNet1d(nn.Module):
