@@ -183,6 +183,8 @@ def train(
                            init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         raise fail(str(e))
+    except KeyboardInterrupt:
+        raise fail("interrupted: the last step is saved; continue with --resume", code=130)
     typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")
 
 

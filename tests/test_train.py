@@ -358,3 +358,25 @@ def test_freeze_encoder_trains_the_decoder_only(corpus, cfg_file, tmp_path):
 def test_freeze_encoder_is_for_the_autoencoder(corpus, cfg_file, tmp_path):
     with pytest.raises(ValueError, match="autoencoder stage only"):
         T.train("generator", corpus, cfg_file, tmp_path / "g", steps=1, freeze_encoder=True, dmae=tmp_path, **FAST)
+
+
+def test_sigterm_saves_the_step_and_exits_cleanly(corpus, cfg_file, tmp_path):
+    """A background run (SIGINT ignored, as a shell's `cmd &` leaves it) stops on SIGTERM with its step saved."""
+    out = tmp_path / "run"
+    p = run_cli("-m", "training.train", "autoencoder", "--out", str(out), "--data", str(corpus), "--config",
+                str(cfg_file), "--steps", "100000", "--ckpt-every", "0", "--crop-length", str(CROP), "--batch-size",
+                "2", "--threads", "1", "--sample-every", "0", "--log-every", "1", "--no-progress",
+                "--no-tensorboard", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 120
+        while not ((out / "train.log").is_file() and " step 3 " in (out / "train.log").read_text()):
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run never reached step 3"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "continue with --resume" in err
+    assert state_step(out) >= 3  # ckpt_every 0: only the SIGTERM handler saved it

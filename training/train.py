@@ -46,7 +46,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -448,6 +450,18 @@ def _lock(out: Path) -> Any:
     return fh
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM (kill, a scheduler, a session ending) stops like Ctrl-C: the step is saved before exit. A process
+    started in the background by a shell ignores SIGINT, so SIGTERM is the way to stop it cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _sigterm)
+
+
 def _resolve(name: str, given: Any, saved: Any, default: Any, must_match: bool, notes: list[str]) -> Any:
     """A setting on resume: the saved value unless given; a given different value is an error or a note."""
     if given is None:
@@ -530,6 +544,7 @@ def train(
         torch.set_num_threads(threads)
     rank, world, device, created_pg = _init_distributed()
     lock = None
+    previous_term = _stop_on_sigterm()
     try:
         out = Path(out).expanduser().resolve()
         if rank == 0:
@@ -545,6 +560,8 @@ def train(
                       tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from,
                       freeze_encoder=freeze_encoder)
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if lock is not None:
             lock.close()
         if created_pg and dist.is_initialized():
@@ -946,6 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last step is saved; continue with --resume", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{r.stage}: step {r.step}, loss {r.loss}, {r.steps_per_second:.3f} steps/s, checkpoint {r.checkpoint}")
     return 0

@@ -241,6 +241,7 @@ def tiny() -> ModelConfig:
         attention_features=32,
         context_features=384,
         modulation_features=256,
+        merge_scale_init=1.0,  # the deeper (self-attention) levels start switched on, as in the DMAE decoder
     )
     return ModelConfig(
         name="tiny",
