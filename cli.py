@@ -34,6 +34,10 @@ class OneLineErrors(TyperGroup):
                 stream.reconfigure(errors="surrogateescape" if stream is sys.stdout else "backslashreplace")
             except (AttributeError, ValueError, OSError):
                 pass
+        import warnings
+
+        saved_format = warnings.formatwarning
+        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {_one_line(message)}\n"
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
@@ -61,6 +65,8 @@ class OneLineErrors(TyperGroup):
                 typer.echo(f"error: internal error: {type(e).__name__}: {_one_line(e)[:300]} (MOUSAI_DEBUG=1 shows "
                            "the traceback; please report it)", err=True)
                 code = 1
+        finally:
+            warnings.formatwarning = saved_format
         if standalone_mode:
             sys.exit(code)
         return code
@@ -233,6 +239,7 @@ def train(
         from training.train import TrainingError, train as run_train
     except ImportError as e:
         raise fail(f"training needs the training extras: pip install 'mousai[train]' ({e})")
+    new_folder = not out.exists()
     try:
         result = run_train(stage=stage.value, data=str(data) if data else None, config=config, out=str(out),
                            steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
@@ -240,6 +247,10 @@ def train(
                            dmae=str(dmae) if dmae else None, progress=progress,
                            init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder)
     except (TrainingError, ValueError, FileNotFoundError) as e:
+        if new_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # refused before any work: leave no empty run folder behind
         raise fail(str(e))
     typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")
 

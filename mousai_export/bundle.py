@@ -57,16 +57,25 @@ class Steps:
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.i, self.t = total, enabled, 0, 0.0
+        self.open = False
 
     def start(self, what: str) -> None:
         self.i += 1
         self.t = time.perf_counter()
+        self.open = True
         if self.enabled:
             print(f"[{self.i}/{self.total}] {what} ...", end="", file=sys.stderr, flush=True)
 
     def done(self, note: str = "") -> None:
+        self.open = False
         if self.enabled:
             print(f" {time.perf_counter() - self.t:.1f} s{(' ' + note) if note else ''}", file=sys.stderr, flush=True)
+
+    def failed(self) -> None:
+        """End a step line that an error interrupted (the error then gets a line of its own)."""
+        if self.open and self.enabled:
+            print(" failed", file=sys.stderr, flush=True)
+        self.open = False
 
     def note(self, what: str) -> None:
         if self.enabled:
@@ -382,6 +391,17 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
     # load + tokenizer (text-to-music only) + one step per graph + manifest (+ parity, fp16, trt)
     total = 2 + (kind == TEXT_TO_MUSIC) + len(comps) + int(fp16) + int(check) + int(engine == "trt")
     steps = Steps(total, progress)
+    try:
+        return _build(ck, o, kind, engine, fp16, opset, check, force, progress, fp16_fallback, steps)
+    except BaseException:
+        steps.failed()
+        raise
+
+
+def _build(ck: Path, o: Path, kind: str, engine: str, fp16: bool, opset: int, check: bool, force: bool,
+           progress: bool, fp16_fallback: bool, steps: Steps) -> dict[str, Any]:
+    from training.checkpoint import atomic_dir
+
     steps.start(f"loading checkpoint {ck}" + ("" if kind == TEXT_TO_MUSIC else
                                              " (DMAE only: autoencoder bundle, encoder + decoder)"))
     config, meta, models = _load(ck, kind)
