@@ -144,6 +144,21 @@ def write_failure_reason(e: BaseException, folder: Path, size: int | None = None
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask(0) would briefly affect every
+    thread of the host process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(temp_path) for a temp file beside `path`, then give it the name `path` (nothing is left on
     failure; with O_TMPFILE, nothing is left even if the process is killed)."""
@@ -153,9 +168,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     if fd is not None:
         try:
             write(f"/proc/self/fd/{fd}")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            os.fchmod(fd, 0o666 & ~current_umask())
             _link_unnamed(fd, p, folder)
         finally:
             os.close(fd)  # an unnamed file that failed is freed here
@@ -165,9 +178,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, p)
     except BaseException:
         _unlink_quietly(tmp)

@@ -40,6 +40,20 @@ def recover_dir(target: Path) -> None:
         os.replace(olds[-1], target)
 
 
+def _umask() -> int:
+    """The process umask, read from /proc where possible (os.umask(0) briefly affects every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,6 +88,7 @@ def atomic_dir(target: Path, write: Any, overwrite: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the folder the mode a plain mkdir would
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
