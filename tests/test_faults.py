@@ -159,7 +159,7 @@ def test_sigkill_during_generate_leaves_no_partial_file(tiny, tmp_path, where): 
     assert tree(out) == ["x.wav"]
 
 
-@pytest.mark.parametrize("previous", [False, True])
+@pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
 def test_sigkill_during_export_leaves_no_bundle_or_the_previous_one(tiny, tmp_path, previous):  # noqa: F811
     from mousai_runtime import Bundle
     from training.checkpoint import atomic_dir
@@ -226,7 +226,7 @@ def test_disk_full_during_generate_tmpfs(tiny, small_tmpfs):  # noqa: F811
     assert st.f_bfree == st.f_blocks  # the space of the failed file was given back
 
 
-@pytest.mark.parametrize("previous", [False, True])
+@pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
 def test_disk_full_during_export(tiny, tmp_path, previous):  # noqa: F811
     ck = autoencoder_checkpoint(tiny, tmp_path / "ck")
     engines = tmp_path / "engines"

@@ -38,6 +38,16 @@ HYPOTHESIS = dict(deadline=None, derandomize=True, suppress_health_check=[Health
 # ------------------------------------------------------------------------------------------------- helpers
 
 
+def cases(rows):
+    """pytest.param per row, with the row's first element (a case name) as its test id."""
+    return [pytest.param(*row, id=row[0]) for row in rows]
+
+
+def named(rows, name=lambda row: row[0]):
+    """pytest.param per row with an explicit id (for rows that carry no case name of their own)."""
+    return [pytest.param(*row, id=name(row)) for row in rows]
+
+
 def cli(*args, env=None):
     from cli import app
 
@@ -111,7 +121,7 @@ def tiny16(tiny, request):
 LONG_PROMPT = "a" * 100_000
 
 
-@pytest.mark.parametrize("case, args, match", [
+@pytest.mark.parametrize("case, args, match", cases([
     ("prompt_empty", [""], "prompt is empty"),
     ("prompt_whitespace", ["  \t \n "], "prompt is empty"),
     ("prompt_100k_chars", [LONG_PROMPT], "100,000 characters long; the limit is 4,000"),
@@ -142,7 +152,7 @@ LONG_PROMPT = "a" * 100_000
     ("format_unknown", ["x", "--format", "ogg"], "unknown format 'ogg'"),
     ("option_unknown", ["x", "--colour", "red"], "No such option: --colour"),
     ("prompt_missing", [], "Missing argument"),
-])
+]))
 def test_cli_generate_refuses_bad_input(tiny, tmp_path, case, args, match):
     work = tmp_path / "work"
     work.mkdir()
@@ -176,7 +186,7 @@ def test_cli_generate_edge_values_are_accepted(tiny, tmp_path):
         out.unlink()
 
 
-@pytest.mark.parametrize("case, args, match", [
+@pytest.mark.parametrize("case, args, match", cases([
     ("opset_0", ["--opset", "0"], "opset 0 is not supported"),
     ("opset_negative", ["--opset", "-1"], "opset -1 is not supported"),
     ("opset_huge", ["--opset", str(10**30)], "is newer than the installed onnx"),
@@ -191,7 +201,7 @@ def test_cli_generate_edge_values_are_accepted(tiny, tmp_path):
     ("checkpoint_config_not_json", ["@bad_config"], "corrupt config.json"),
     ("checkpoint_config_unknown_version", ["@config_v2"], "unsupported checkpoint version 2"),
     ("output_exists", ["@exists"], "exists \\(use --force to replace it\\)"),
-])
+]))
 def test_cli_export_refuses_bad_input(tiny, tmp_path, case, args, match):
     ck = tmp_path / "ck"
     out = tmp_path / "out" / "bundle"
@@ -231,7 +241,7 @@ def test_cli_export_refuses_bad_input(tiny, tmp_path, case, args, match):
         assert (out / "keep.txt").read_text() == "previous"
 
 
-@pytest.mark.parametrize("case, args, match", [
+@pytest.mark.parametrize("case, args, match", cases([
     ("steps_negative", ["--steps", "-1"], r"steps must be an integer in \[0, "),
     ("steps_huge", ["--steps", str(10**30)], r"steps must be an integer in \[0, 1,000,000,000\]"),
     ("batch_size_0", ["--batch-size", "0"], r"batch_size must be an integer in \[1, 4,096\], got 0"),
@@ -254,7 +264,7 @@ def test_cli_export_refuses_bad_input(tiny, tmp_path, case, args, match):
     ("config_unknown", ["--config", "gigantic"], "unknown config"),
     ("data_missing", ["@no_data"], "not a folder"),
     ("data_only_unreadable_files", ["@bad_data"], r"no audio files in .* \(2 unreadable\)"),
-])
+]))
 def test_cli_train_refuses_bad_input(tmp_path, case, args, match):
     data = tmp_path / "data"
     data.mkdir()
@@ -278,18 +288,18 @@ def test_cli_train_refuses_bad_input(tmp_path, case, args, match):
     assert not out.exists()  # refused before any run folder is created
 
 
-@pytest.mark.parametrize("args, match", [
-    (["init", "--out", "@", "--seed", "-1"], r"--seed must be an integer in \[0, "),
-    (["init", "--out", "@", "--seed", str(2**64)], r"--seed must be an integer in \[0, "),
-    (["init", "--out", "@", "--seed", "nan"], "Invalid value for '--seed'"),
-    (["init", "--out", "@", "--config", "huge"], "unknown config"),
-    (["params", "--config", "huge"], "unknown config"),
-    (["info", "@"], "bundle not found"),
-    (["import", "archisound", "@", "--out", "@o"], "no such checkpoint"),
-    (["data", "build", "@", "--sources", "spotify"], "unknown source"),
-    (["frobnicate"], "No such command 'frobnicate'"),
-])
-def test_cli_other_commands_refuse_bad_input(tmp_path, args, match):
+@pytest.mark.parametrize("case, args, match", cases([
+    ("init_seed_negative", ["init", "--out", "@", "--seed", "-1"], r"--seed must be an integer in \[0, "),
+    ("init_seed_huge", ["init", "--out", "@", "--seed", str(2**64)], r"--seed must be an integer in \[0, "),
+    ("init_seed_nan", ["init", "--out", "@", "--seed", "nan"], "Invalid value for '--seed'"),
+    ("init_config_unknown", ["init", "--out", "@", "--config", "huge"], "unknown config"),
+    ("params_config_unknown", ["params", "--config", "huge"], "unknown config"),
+    ("info_bundle_missing", ["info", "@"], "bundle not found"),
+    ("import_checkpoint_missing", ["import", "archisound", "@", "--out", "@o"], "no such checkpoint"),
+    ("data_build_unknown_source", ["data", "build", "@", "--sources", "spotify"], "unknown source"),
+    ("command_unknown", ["frobnicate"], "No such command 'frobnicate'"),
+]))
+def test_cli_other_commands_refuse_bad_input(tmp_path, case, args, match):
     args = [str(tmp_path / "x") if a == "@" else str(tmp_path / "o") if a == "@o" else a for a in args]
     r = cli(*args)
     assert_refused(r, match)
@@ -313,29 +323,29 @@ def test_cli_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path):
 # ================================================================================================= bad input: API
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompt="a" * 100_000), "100,000 characters long"),
-    (dict(prompt="a" * 4001), "4,001 characters long; the limit is 4,000"),
-    (dict(prompt="a\x00b"), r"control character U\+0000 at character 2"),
-    (dict(prompt="x\x85"), r"control character U\+0085"),
-    (dict(prompt="caf\udce9"), r"not valid UTF-8 text \(undecodable byte at character 4\)"),
-    (dict(prompt=b"pads"), "must be text \\(str\\), not bytes"),
-    (dict(prompt=42), "prompt is empty"),
-    (dict(seconds=True), "seconds must be a number"),
-    (dict(seconds=1e-9), "shorter than one sample"),
-    (dict(seconds=np.float32("nan")), "seconds must be a finite number"),
-    (dict(steps=10001), "steps must be <= 10000"),
-    (dict(steps=10**30), "steps must be <= 10000"),
-    (dict(steps=-1), "steps must be an integer >= 1"),
-    (dict(steps=np.float64(2)), "steps must be an integer"),
-    (dict(decoder_steps=10**9), "decoder steps must be <= 10000"),
-    (dict(guidance=1e9), "guidance must be between -100 and 100"),
-    (dict(guidance=-101), "guidance must be between -100 and 100"),
-    (dict(guidance="3"), "guidance must be a finite number"),
-    (dict(seed=None), "seed must be an integer"),
-    (dict(seed="7"), "seed must be an integer"),
-])
-def test_api_generate_refuses_bad_input(pipe, kwargs, match):
+@pytest.mark.parametrize("case, kwargs, match", cases([
+    ("prompt_100k_chars", dict(prompt="a" * 100_000), "100,000 characters long"),
+    ("prompt_4001_chars", dict(prompt="a" * 4001), "4,001 characters long; the limit is 4,000"),
+    ("prompt_nul", dict(prompt="a\x00b"), r"control character U\+0000 at character 2"),
+    ("prompt_c1_control", dict(prompt="x\x85"), r"control character U\+0085"),
+    ("prompt_undecodable_bytes", dict(prompt="caf\udce9"), r"not valid UTF-8 text \(undecodable byte at character 4\)"),
+    ("prompt_bytes", dict(prompt=b"pads"), "must be text \\(str\\), not bytes"),
+    ("prompt_not_text", dict(prompt=42), "prompt is empty"),
+    ("seconds_bool", dict(seconds=True), "seconds must be a number"),
+    ("seconds_below_one_sample", dict(seconds=1e-9), "shorter than one sample"),
+    ("seconds_numpy_nan", dict(seconds=np.float32("nan")), "seconds must be a finite number"),
+    ("steps_10001", dict(steps=10001), "steps must be <= 10000"),
+    ("steps_huge", dict(steps=10**30), "steps must be <= 10000"),
+    ("steps_negative", dict(steps=-1), "steps must be an integer >= 1"),
+    ("steps_float", dict(steps=np.float64(2)), "steps must be an integer"),
+    ("decoder_steps_huge", dict(decoder_steps=10**9), "decoder steps must be <= 10000"),
+    ("guidance_huge", dict(guidance=1e9), "guidance must be between -100 and 100"),
+    ("guidance_below_minus_100", dict(guidance=-101), "guidance must be between -100 and 100"),
+    ("guidance_string", dict(guidance="3"), "guidance must be a finite number"),
+    ("seed_none", dict(seed=None), "seed must be an integer"),
+    ("seed_string", dict(seed="7"), "seed must be an integer"),
+]))
+def test_api_generate_refuses_bad_input(pipe, case, kwargs, match):
     from mousai_runtime import InputError
 
     args = dict(prompt="pads", seconds=1.0, steps=1, decoder_steps=1)
@@ -361,7 +371,7 @@ def test_api_edge_values_accepted_and_seed_taken_modulo_2_64(pipe):
     assert tab.shape == (2, round(0.1 * SR)) and np.isfinite(tab).all()  # tab and newline are whitespace, not control
 
 
-@pytest.mark.parametrize("case, audio, match", [
+@pytest.mark.parametrize("case, audio, match", cases([
     ("nan_samples", np.full((2, 4096), np.nan, np.float32), "NaN or infinite samples"),
     ("inf_sample", np.concatenate([np.zeros((2, 100)), np.full((2, 1), np.inf)], 1), "NaN or infinite samples"),
     ("mono_1d", np.zeros(4096, np.float32), r"audio must be \[2, samples\], got \(4096,\)"),
@@ -369,7 +379,7 @@ def test_api_edge_values_accepted_and_seed_taken_modulo_2_64(pipe):
     ("empty", np.zeros((2, 0), np.float32), r"audio must be \[2, samples\], got \(2, 0\)"),
     ("strings", [["a", "b"], ["c", "d"]], "audio must be an array of numbers"),
     ("ragged", [[0.0, 1.0], [0.0]], "audio must be an array of numbers"),
-])
+]))
 def test_api_encode_refuses_bad_audio(pipe, case, audio, match):
     from mousai_runtime import InputError
 
@@ -385,39 +395,40 @@ def test_api_encode_accepts_silence_and_odd_lengths(pipe):
     assert z.shape == (1, 32, 1) and np.isfinite(z).all()
 
 
-@pytest.mark.parametrize("latent, kw, match", [
-    (np.full((1, 32, 4), np.nan, np.float32), {}, "latent contains NaN"),
-    (np.zeros((1, 31, 4), np.float32), {}, r"latent must be \[1, 32, frames\]"),
-    (np.zeros((2, 32, 4), np.float32), {}, r"latent must be \[1, 32, frames\]"),
-    (np.zeros((1, 32, 4), np.float32), dict(samples=0), r"samples must be an integer in \[1, 4096\]"),
-    (np.zeros((1, 32, 4), np.float32), dict(samples=4097), r"samples must be an integer in \[1, 4096\]"),
-    (np.zeros((1, 32, 4), np.float32), dict(steps=0), "decoder steps must be an integer >= 1"),
-    (np.zeros((1, 32, 4), np.float32), dict(seed=0.5), "seed must be an integer"),
-])
-def test_api_decode_refuses_bad_latents(pipe, latent, kw, match):
+@pytest.mark.parametrize("case, latent, kw, match", cases([
+    ("nan_latent", np.full((1, 32, 4), np.nan, np.float32), {}, "latent contains NaN"),
+    ("wrong_channels", np.zeros((1, 31, 4), np.float32), {}, r"latent must be \[1, 32, frames\]"),
+    ("batch_of_2", np.zeros((2, 32, 4), np.float32), {}, r"latent must be \[1, 32, frames\]"),
+    ("samples_0", np.zeros((1, 32, 4), np.float32), dict(samples=0), r"samples must be an integer in \[1, 4096\]"),
+    ("samples_too_many", np.zeros((1, 32, 4), np.float32), dict(samples=4097),
+     r"samples must be an integer in \[1, 4096\]"),
+    ("steps_0", np.zeros((1, 32, 4), np.float32), dict(steps=0), "decoder steps must be an integer >= 1"),
+    ("seed_fraction", np.zeros((1, 32, 4), np.float32), dict(seed=0.5), "seed must be an integer"),
+]))
+def test_api_decode_refuses_bad_latents(pipe, case, latent, kw, match):
     from mousai_runtime import InputError
 
     with pytest.raises(InputError, match=match):
         pipe.decode(latent, **kw)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(steps=-1), r"steps must be an integer in \[0, "),
-    (dict(steps=2.5), r"steps must be an integer"),
-    (dict(batch_size=0), r"batch_size must be an integer in \[1, "),
-    (dict(crop_length=-4), r"crop_length must be an integer in \[1, "),
-    (dict(lr=float("nan")), r"lr must be a finite number in \(0, 1\]"),
-    (dict(lr=0.0), r"lr must be a finite number in \(0, 1\]"),
-    (dict(seed=-2), r"seed must be an integer in \[0, "),
-    (dict(seed=True), r"seed must be an integer"),
-    (dict(threads=0), r"threads must be an integer in \[1, "),
-    (dict(ckpt_every=-1), r"ckpt_every must be an integer in \[0, "),
-    (dict(grad_clip=float("inf")), r"grad_clip must be a finite number"),
-    (dict(ema_beta=1.0), r"ema_beta must be a finite number in \[0, 1\)"),
-    (dict(ema_power=0.0), r"ema_power must be a finite number in \(0, 100\]"),
-    (dict(sample_steps=0), r"sample_steps must be an integer in \[1, 10,000\]"),
-])
-def test_api_train_refuses_bad_arguments_before_creating_anything(tmp_path, kwargs, match):
+@pytest.mark.parametrize("case, kwargs, match", cases([
+    ("steps_negative", dict(steps=-1), r"steps must be an integer in \[0, "),
+    ("steps_float", dict(steps=2.5), r"steps must be an integer"),
+    ("batch_size_0", dict(batch_size=0), r"batch_size must be an integer in \[1, "),
+    ("crop_length_negative", dict(crop_length=-4), r"crop_length must be an integer in \[1, "),
+    ("lr_nan", dict(lr=float("nan")), r"lr must be a finite number in \(0, 1\]"),
+    ("lr_0", dict(lr=0.0), r"lr must be a finite number in \(0, 1\]"),
+    ("seed_negative", dict(seed=-2), r"seed must be an integer in \[0, "),
+    ("seed_bool", dict(seed=True), r"seed must be an integer"),
+    ("threads_0", dict(threads=0), r"threads must be an integer in \[1, "),
+    ("ckpt_every_negative", dict(ckpt_every=-1), r"ckpt_every must be an integer in \[0, "),
+    ("grad_clip_inf", dict(grad_clip=float("inf")), r"grad_clip must be a finite number"),
+    ("ema_beta_1", dict(ema_beta=1.0), r"ema_beta must be a finite number in \[0, 1\)"),
+    ("ema_power_0", dict(ema_power=0.0), r"ema_power must be a finite number in \(0, 100\]"),
+    ("sample_steps_0", dict(sample_steps=0), r"sample_steps must be an integer in \[1, 10,000\]"),
+]))
+def test_api_train_refuses_bad_arguments_before_creating_anything(tmp_path, case, kwargs, match):
     import training.train as T
 
     out = tmp_path / "run"
@@ -655,7 +666,7 @@ def _audio_cases(folder: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("case, expect", [
+@pytest.mark.parametrize("case, expect", cases([
     ("empty.wav", "cannot open audio"),
     ("truncated.wav", r"truncated WAV: the header promises 192,000 bytes of audio, the file holds 99,956"),
     ("truncated.flac", "cannot decode audio"),
@@ -666,7 +677,7 @@ def _audio_cases(folder: Path) -> dict[str, Path]:
     ("u8_mono_8k.wav", (2, SR)),  # 8-bit mono 8 kHz: duplicated to stereo, resampled to 48 kHz
     ("six_ch_192k.wav", (2, SR)),  # 6 channels at 192 kHz: folded down to stereo, resampled
     ("silence.wav", (2, SR)),  # silence is valid audio
-])
+]))
 def test_audio_loaders(tmp_path, case, expect):
     from training.data.audio import AudioError, info, load_audio, read_frames
 
@@ -681,7 +692,6 @@ def test_audio_loaders(tmp_path, case, expect):
         return
     a = load_audio(path)
     assert a.shape == expect and a.dtype == np.float32 and np.isfinite(a).all()
-    ref = load_audio(_audio_cases(tmp_path / "..")["good.wav"]) if False else None  # noqa: F841
     if case == "silence.wav":
         assert not a.any()
     else:
@@ -702,6 +712,25 @@ def test_training_corpus_skips_unreadable_files_with_one_warning(tmp_path):
     skipped = [str(x.message) for x in w if "skipped" in str(x.message)]
     assert len(skipped) == 1 and skipped[0].startswith("skipped 4 unreadable files"), skipped
     assert len(files) == 12
+
+
+def test_training_crops_skip_a_file_with_nan_samples(tmp_path):
+    """NaN samples are found when a crop reads them: that file is dropped with one warning, never zero-filled."""
+    from training.data.dataset import AudioFolder, RandomCrops
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    x = (0.3 * np.sin(np.arange(2 * SR) / 7)).astype(np.float32)
+    sf.write(corpus / "good.wav", np.stack([x, x], 1), SR, subtype="FLOAT")
+    x[::1000] = np.nan  # every crop of this file holds NaNs
+    sf.write(corpus / "nan_samples.wav", np.stack([x, x], 1), SR, subtype="FLOAT")
+    crops = RandomCrops(AudioFolder(corpus), 4096, seed=0, batch_size=8)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        batches = [crops.batch(k)[0].numpy() for k in range(4)]
+    assert all(np.isfinite(b).all() and np.abs(b).max() > 0.1 for b in batches)
+    msgs = [str(x.message) for x in w if "NaN" in str(x.message)]
+    assert len(msgs) == 1 and re.search(r"nan_samples.wav: \d+ NaN or infinite samples", msgs[0]), msgs
 
 
 # ================================================================================================= bundles, untrusted
@@ -751,7 +780,7 @@ def _external(p: Path, name: str, location: str, listed: bool = True) -> None:
             location, {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}))
 
 
-@pytest.mark.parametrize("case, match, exc", [
+@pytest.mark.parametrize("case, match, exc", cases([
     ("truncated_onnx_consistent_hash", r"decoder.onnx is not a valid ONNX file \(.*truncated", "BundleError"),
     ("garbage_onnx_consistent_hash", r"generator.onnx is not a valid ONNX file", "BundleError"),
     ("graph_inputs_differ_from_manifest", r"decoder.onnx has inputs \['latent', 'noisy', 'sigma'\], the manifest "
@@ -761,7 +790,7 @@ def _external(p: Path, name: str, location: str, listed: bool = True) -> None:
     ("external_data_not_listed", r"keeps weights in 'weights.bin', which manifest.json does not list", "BundleError"),
     ("external_data_symlink_out", r"resolves outside the bundle folder", "BundleError"),
     ("external_data_backslash", r"backslash", "BundleError"),
-])
+]))
 def test_untrusted_graphs_are_refused(tiny, tmp_path, case, match, exc):
     """A downloaded bundle whose manifest hashes are consistent but whose graphs are bad or point outside."""
     import mousai_runtime
@@ -822,7 +851,7 @@ def test_external_data_scanner_matches_onnx(tiny, tmp_path):
         external_tensors(b"")
 
 
-@pytest.mark.parametrize("case, match", [
+@pytest.mark.parametrize("case, match", cases([
     ("nested_unknown_field", r"stft: unknown field\(s\) \['power'\]"),
     ("model_unknown_field", r"models.decoder: unknown field\(s\) \['preprocess'\]"),
     ("tensor_unknown_field", r"models.decoder.inputs\[0\]: unknown field\(s\) \['scale'\]"),
@@ -830,7 +859,7 @@ def test_external_data_scanner_matches_onnx(tiny, tmp_path):
     ("nan_literal", r"NaN is not JSON"),
     ("fp32_file_in_fp32_bundle", r"only an fp16 bundle carries fp32 fallback graphs"),
     ("deeply_nested", r"unreadable manifest"),
-])
+]))
 def test_manifest_parsed_strictly(tiny, tmp_path, case, match):
     from mousai_runtime import Bundle, BundleError
 
@@ -890,12 +919,12 @@ def test_no_pickle_is_ever_loaded_without_weights_only():
 # ================================================================================================= numerics
 
 
-@pytest.mark.parametrize("component, call, match", [
+@pytest.mark.parametrize("component, call, match", named([
     ("text_encoder", 0, r"non-finite values in the text_encoder in its output"),
     ("generator", 0, r"non-finite values in the generator at denoising step 1/3"),
     ("generator", 2, r"non-finite values in the generator at denoising step 3/3"),
     ("decoder", 1, r"non-finite values in the decoder at denoising step 2/2"),
-])
+], name=lambda r: f"{r[0]}_call{r[1]}"))
 def test_nonfinite_is_detected_and_named(pipe, component, call, match):
     from mousai_runtime import NonFiniteError
     from mousai_runtime.faults import inject_nonfinite
@@ -975,6 +1004,30 @@ def test_fp16_fallback_reruns_the_failing_component_in_fp32(tiny16):
             warnings.simplefilter("ignore")
             with pytest.raises(NonFiniteError, match="generator at denoising step 2/3"):
                 fb.generate("pads", 1.0, **kw)
+
+
+def test_fp16_fallback_bundle_layout(tiny, tiny16):
+    """`export --fp16 --fp16-fallback`: fp16 graphs at the usual names, fp32 graphs under fp32/, all hashed."""
+    import onnx
+    import onnxruntime as ort
+
+    from mousai_runtime import Bundle
+
+    b = Bundle.load(tiny16)
+    m = b.manifest
+    assert m["precision"] == "fp16"
+    for comp, spec in m["models"].items():
+        assert spec["fp32_file"] == f"fp32/{comp}.onnx" and spec["fp32_file"] in m["files"]
+        types16 = {t.data_type for t in onnx.load(str(tiny16 / spec["file"])).graph.initializer}
+        types32 = {t.data_type for t in onnx.load(str(tiny16 / spec["fp32_file"])).graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in types16 and onnx.TensorProto.FLOAT16 not in types32, comp
+    # the fp32 copy computes what the fp32 bundle's graph computes
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 2, 8192), dtype=np.float32), "sigma": np.full(1, 0.6, np.float32),
+             "latent": rng.standard_normal((1, 32, 8), dtype=np.float32)}
+    run = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+           for f in (tiny16 / "fp32" / "decoder.onnx", tiny["bundle"] / "decoder.onnx")]
+    assert rel_l2(*run) < 1e-5
 
 
 def test_fp16_fallback_needs_the_fp32_graphs(tiny, tiny16, tmp_path):
