@@ -43,11 +43,6 @@ def cases(rows):
     return [pytest.param(*row, id=row[0]) for row in rows]
 
 
-def named(rows, name=lambda row: row[0]):
-    """pytest.param per row with an explicit id (for rows that carry no case name of their own)."""
-    return [pytest.param(*row, id=name(row)) for row in rows]
-
-
 def cli(*args, env=None):
     from cli import app
 
@@ -919,13 +914,13 @@ def test_no_pickle_is_ever_loaded_without_weights_only():
 # ================================================================================================= numerics
 
 
-@pytest.mark.parametrize("component, call, match", named([
-    ("text_encoder", 0, r"non-finite values in the text_encoder in its output"),
-    ("generator", 0, r"non-finite values in the generator at denoising step 1/3"),
-    ("generator", 2, r"non-finite values in the generator at denoising step 3/3"),
-    ("decoder", 1, r"non-finite values in the decoder at denoising step 2/2"),
-], name=lambda r: f"{r[0]}_call{r[1]}"))
-def test_nonfinite_is_detected_and_named(pipe, component, call, match):
+@pytest.mark.parametrize("case, component, call, match", cases([
+    ("text_encoder_call0", "text_encoder", 0, r"non-finite values in the text_encoder in its output"),
+    ("generator_step1", "generator", 0, r"non-finite values in the generator at denoising step 1/3"),
+    ("generator_step3", "generator", 2, r"non-finite values in the generator at denoising step 3/3"),
+    ("decoder_step2", "decoder", 1, r"non-finite values in the decoder at denoising step 2/2"),
+]))
+def test_nonfinite_is_detected_and_named(pipe, case, component, call, match):
     from mousai_runtime import NonFiniteError
     from mousai_runtime.faults import inject_nonfinite
 
@@ -1064,3 +1059,27 @@ def test_cli_fp16_fallback_end_to_end(tiny16, tmp_path):
         in r.stderr.decode()
     a, sr = sf.read(out, always_2d=True)
     assert a.shape == (SR // 2, 2) and np.isfinite(a).all() and np.abs(a).max() > 1e-3  # not silence
+
+
+# ================================================================================================= the docs
+
+
+def test_reliability_doc_names_real_tests():
+    """docs/reliability.md: every test it names exists (with its case ids), and every test of this module and of
+    test_faults.py is named there."""
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    refs = re.findall(r"`(test_\w+\.py)::(\w+)(?:\[([^\]]+)\])?`", doc)
+    assert len(refs) > 80
+    defined: dict[str, set[str]] = {}
+    for file, name, ids in refs:
+        src = (ROOT / "tests" / file).read_text()
+        if file not in defined:
+            defined[file] = {n.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)}
+        assert name in defined[file], f"{file}::{name} does not exist"
+        for case in filter(None, (ids or "").split(",")):
+            assert f'"{case}' in src or f"'{case}" in src, f"{file}::{name}[{case}]: no such case"
+    named = {(f, n) for f, n, _ in refs}
+    for file in ("test_reliability.py", "test_faults.py"):
+        tests = {n for n in defined.get(file, set()) if n.startswith("test_")}
+        missing = sorted(n for n in tests if (file, n) not in named and n != "test_reliability_doc_names_real_tests")
+        assert not missing, f"tests missing from docs/reliability.md: {missing}"
