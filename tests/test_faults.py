@@ -377,6 +377,7 @@ cancel_victim_and_canceller(5)
 for t in threads:
     t.join(600)
 rss_end = rss()
+assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")], "the runtime imported torch"
 print(json.dumps({"rss_warm": rss_warm, "rss_end": rss_end, "errors": errors, "mismatches": mismatches,
                   "count": count[0], "cancels": cancels, "alive": sum(t.is_alive() for t in threads)}))
 """
