@@ -146,6 +146,12 @@ class Pipeline:
         call whose fp16 output holds NaN/inf is run again with that component's fp32 graph, which then serves the
         rest of the render (an Fp16FallbackWarning says so). Non-finite values are never replaced by anything else:
         if the fp32 graph fails too, the render raises NonFiniteError. No effect on an fp32 bundle."""
+        if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(
+                chunk_seconds, (int, float, np.integer, np.floating)) or not math.isfinite(chunk_seconds)
+                or chunk_seconds <= 0):
+            raise InputError(f"chunk_seconds must be a finite number > 0 (or None: one chunk), got {chunk_seconds!r}")
+        if isinstance(text_cache, bool) or not isinstance(text_cache, (int, np.integer)) or text_cache < 0:
+            raise InputError(f"text_cache must be an integer >= 0, got {text_cache!r}")
         self.bundle = Bundle.load(bundle_dir, verify=verify)
         self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
         b = self.bundle

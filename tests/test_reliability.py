@@ -366,6 +366,26 @@ def test_api_edge_values_accepted_and_seed_taken_modulo_2_64(pipe):
     assert tab.shape == (2, round(0.1 * SR)) and np.isfinite(tab).all()  # tab and newline are whitespace, not control
 
 
+@pytest.mark.parametrize("case, kwargs, exc, match", cases([
+    ("chunk_seconds_nan", dict(chunk_seconds=float("nan")), "InputError", "chunk_seconds must be a finite number > 0"),
+    ("chunk_seconds_0", dict(chunk_seconds=0), "InputError", "chunk_seconds must be a finite number > 0"),
+    ("text_cache_negative", dict(text_cache=-1), "InputError", "text_cache must be an integer >= 0"),
+    ("threads_0", dict(threads=0), "EngineError", "threads must be an integer >= 1"),
+    ("window_frames_0", dict(window_frames=0), "InputError", "window_frames must be an integer >= 1"),
+    ("window_batch_0", dict(window_batch=0), "InputError", "window_batch must be an integer >= 1"),
+    ("fp16_fallback_string", dict(fp16_fallback="yes"), "InputError", "fp16_fallback must be true or false"),
+    ("engine_unknown", dict(engine="vulkan"), "EngineError", "unknown engine 'vulkan'"),
+    ("provider_unavailable", dict(providers=["cuda"]), "EngineError", "CUDAExecutionProvider is not available"),
+]))
+def test_api_pipeline_refuses_bad_options(tiny, case, kwargs, exc, match):
+    import mousai_runtime
+    from mousai_runtime import Pipeline
+
+    with pytest.raises(getattr(mousai_runtime, exc), match=match) as e:
+        Pipeline(tiny["bundle"], **kwargs)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("case, audio, match", cases([
     ("nan_samples", np.full((2, 4096), np.nan, np.float32), "NaN or infinite samples"),
     ("inf_sample", np.concatenate([np.zeros((2, 100)), np.full((2, 1), np.inf)], 1), "NaN or infinite samples"),
