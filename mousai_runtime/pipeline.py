@@ -209,9 +209,9 @@ class Pipeline:
             return faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
         out = faults.apply(component, call, self.bundle.precision, self.engine.run(component, feeds))
         if self.fp16_fallback and not np.isfinite(out).all():
-            where = t.where.get(component, lambda i: f"call {i + 1}")(call)
+            where = t.where.get(component, lambda i: "in its output")(call)
             warnings.warn(Fp16FallbackWarning(
-                f"the fp16 {component} gave NaN/inf at {where}: re-ran it with its fp32 graph, which serves the "
+                f"the fp16 {component} gave NaN/inf {where}: re-ran it with its fp32 graph, which serves the "
                 "rest of this render"), stacklevel=2)
             t.fp32.add(component)
             out = faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
@@ -300,7 +300,7 @@ class Pipeline:
         dec = copy.copy(self.decoder)
         dec.model_fn = lambda x, sigma, latent: self._run("decoder", {"x": x, "sigma": sigma, "latent": latent},
                                                           tracker)
-        tracker.where["decoder"] = lambda i: f"decoder chunk {i // steps + 1}, denoising step {i % steps + 1}/{steps}"
+        tracker.where["decoder"] = lambda i: f"in chunk {i // steps + 1} at denoising step {i % steps + 1}/{steps}"
         return dec
 
     def frames_for(self, seconds: float) -> tuple[int, int]:
@@ -345,7 +345,7 @@ class Pipeline:
 
         plan = self.window_plan(frames)
         per_step = 1 if plan is None else -(-len(plan) // self.window_batch)
-        tracker.where["generator"] = lambda i: f"denoising step {i // per_step + 1}/{steps}"
+        tracker.where["generator"] = lambda i: f"at denoising step {i // per_step + 1}/{steps}"
         if plan is None:  # the whole latent in one call per step
             tracker.start("generator", steps)
             z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),

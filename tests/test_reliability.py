@@ -990,9 +990,9 @@ def test_fp16_fallback_reruns_the_failing_component_in_fp32(tiny16):
     kw = dict(steps=3, decoder_steps=2, seed=1)
     clean = fb.generate("pads", 1.0, **kw)
     assert np.array_equal(clean, plain.generate("pads", 1.0, **kw))  # no fault: fallback changes nothing
-    for component, call, where in (("generator", 1, "denoising step 2/3"),
-                                   ("decoder", 0, "decoder chunk 1, denoising step 1/2"),
-                                   ("text_encoder", 0, "call 1")):
+    for component, call, where in (("generator", 1, "at denoising step 2/3"),
+                                   ("decoder", 0, "in chunk 1 at denoising step 1/2"),
+                                   ("text_encoder", 0, "in its output")):
         prompt = "pads" if component != "text_encoder" else "a prompt not in the cache"
         ref = clean if component != "text_encoder" else fb.generate(prompt, 1.0, **kw)
         with warnings.catch_warnings(record=True) as w:
@@ -1002,7 +1002,7 @@ def test_fp16_fallback_reruns_the_failing_component_in_fp32(tiny16):
                     fb._text_cache.clear()
                 out = fb.generate(prompt, 1.0, **kw)
         msgs = [str(x.message) for x in w if issubclass(x.category, Fp16FallbackWarning)]
-        assert msgs == [f"the fp16 {component} gave NaN/inf at {where}: re-ran it with its fp32 graph, which serves "
+        assert msgs == [f"the fp16 {component} gave NaN/inf {where}: re-ran it with its fp32 graph, which serves "
                         "the rest of this render"], msgs
         assert out.shape == ref.shape and np.isfinite(out).all()
         assert not np.array_equal(out, ref)  # the fp32 graph really ran ...
