@@ -1,18 +1,79 @@
 """mousai: train, export and run Moûsai text-to-music models.
 
 Each command imports what it needs lazily, so `mousai generate` works on the runtime-only install (no torch).
-User errors print one line on stderr and exit with code 2, never a traceback.
+User errors print one line on stderr and exit with code 2, never a traceback; that includes the command-line
+parser's own errors (unknown option, a value that is not a number, a missing argument). An unexpected exception is
+one line too, with exit code 1 (MOUSAI_DEBUG=1 shows its traceback).
 """
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+# typer may use click or its own vendored copy of it: find the exception classes through a public name
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _one_line(s: Any) -> str:
+    return " ".join(str(s).split())
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: parser errors and unexpected exceptions become one `error: ...` line on stderr."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        for stream in (sys.stdout, sys.stderr):  # paths from argv may hold undecodable bytes (surrogateescape)
+            try:
+                stream.reconfigure(errors="surrogateescape" if stream is sys.stdout else "backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass
+        import warnings
+
+        saved_format = warnings.formatwarning
+        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {_one_line(message)}\n"
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        except _CLICK_EXCEPTION as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `mousai` alone: the help text
+                e.show()
+            else:
+                hint = ""
+                ctx = getattr(e, "ctx", None)
+                if isinstance(e, _USAGE_ERROR) and ctx is not None:
+                    hint = f" (see: {ctx.command_path} --help)"
+                typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            code = e.exit_code
+        except MemoryError:
+            typer.echo("error: out of memory", err=True)
+            code = 1
+        except Exception as e:  # a bug, or an error nobody turned into a message: still no traceback
+            if os.environ.get("MOUSAI_DEBUG"):
+                raise
+            if type(e).__name__ == "Abort":
+                typer.echo("error: aborted", err=True)
+                code = 1
+            else:
+                typer.echo(f"error: internal error: {type(e).__name__}: {_one_line(e)[:300]} (MOUSAI_DEBUG=1 shows "
+                           "the traceback; please report it)", err=True)
+                code = 1
+        finally:
+            warnings.formatwarning = saved_format
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="mousai",
     help="Train, export and run Moûsai text-to-music diffusion models (48 kHz stereo).\n\n"
     "Quick start:  mousai generate \"calm ambient pads with soft piano\" -o out.wav",
@@ -75,6 +136,9 @@ def init(
 ) -> None:
     """Write a randomly initialised checkpoint (safetensors + config.json), e.g. to try export and runtime."""
     try:
+        from training.args import check_seed
+
+        check_seed("--seed", seed)
         import torch
 
         from training.checkpoint import save_checkpoint
@@ -175,6 +239,7 @@ def train(
         from training.train import TrainingError, train as run_train
     except ImportError as e:
         raise fail(f"training needs the training extras: pip install 'mousai[train]' ({e})")
+    new_folder = not out.exists()
     try:
         result = run_train(stage=stage.value, data=str(data) if data else None, config=config, out=str(out),
                            steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
@@ -182,6 +247,10 @@ def train(
                            dmae=str(dmae) if dmae else None, progress=progress,
                            init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder)
     except (TrainingError, ValueError, FileNotFoundError) as e:
+        if new_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # refused before any work: leave no empty run folder behind
         raise fail(str(e))
     except KeyboardInterrupt:
         raise fail("interrupted: the last step is saved; continue with --resume", code=130)
@@ -202,6 +271,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write, e.g. engines/mymodel."),
     engine: EngineKind = typer.Option(EngineKind.onnx, "--engine", help="onnx, or trt (TensorRT; needs a GPU)."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 graphs with fp32 islands (softmax, norms)."),
+    fp16_fallback: bool = typer.Option(False, "--fp16-fallback", help="With --fp16: also keep the fp32 graphs "
+                                       "(fp32/*.onnx), so `generate --fp16-fallback` can re-run a NaN/inf step."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     check: bool = typer.Option(True, "--check/--no-check", help="Measure ONNX Runtime vs PyTorch parity."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
@@ -213,7 +284,7 @@ def export(
         raise fail(f"export needs the export extras: pip install 'mousai[export]' ({e})")
     try:
         export_bundle(str(checkpoint), str(out), engine=engine.value, fp16=fp16, opset=opset, check=check,
-                      force=force)
+                      force=force, fp16_fallback=fp16_fallback)
     except ExportError as e:
         raise fail(str(e))
     typer.echo(f"wrote bundle {out}")
@@ -235,13 +306,16 @@ def generate(
     format: Optional[str] = typer.Option(None, "--format", help="wav or flac (default: from the file name)."),
     loudness: Optional[float] = typer.Option(None, "--loudness", help="Normalise to this LUFS, e.g. -14."),
     spectrogram: Optional[Path] = typer.Option(None, "--spectrogram", help="Also write a spectrogram PNG."),
+    fp16_fallback: bool = typer.Option(False, "--fp16-fallback", help="fp16 bundle exported with --fp16-fallback: "
+                                       "re-run a component whose fp16 output is NaN/inf with its fp32 graph."),
 ) -> None:
     """Generate music from a text prompt with a bundle (numpy + ONNX Runtime; no torch needed)."""
     from mousai_runtime.cli_impl import generate_command
 
     raise typer.Exit(generate_command(prompt=prompt, out=str(out), seconds=seconds, steps=steps, guidance=guidance,
                                       seed=seed, model=str(model), engine=engine, format=format, loudness=loudness,
-                                      spectrogram=str(spectrogram) if spectrogram else None))
+                                      spectrogram=str(spectrogram) if spectrogram else None,
+                                      fp16_fallback=fp16_fallback))
 
 
 @app.command()

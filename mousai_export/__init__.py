@@ -31,6 +31,7 @@ def export_bundle(
     check: bool = True,
     force: bool = False,
     progress: bool = True,
+    fp16_fallback: bool = False,
 ) -> dict[str, Any]:
     """Export the checkpoint folder to a bundle folder `out`; returns the manifest.
 
@@ -43,12 +44,15 @@ def export_bundle(
     check: measure ONNX Runtime vs PyTorch parity (and refuse to write the bundle when it fails the bounds).
     force: replace an existing `out` folder (only once the new bundle is complete).
     progress: print steps and the parity table.
+    fp16_fallback: (with fp16) also keep each component's fp32 graph in the bundle (fp32/<component>.onnx,
+        manifest models.<component>.fp32_file), so that `mousai generate --fp16-fallback` can re-run a step whose
+        fp16 output is NaN/inf in fp32.
     The folder is written to a temp folder beside `out` and renamed into place: on any failure nothing is left.
     """
     from .bundle import build_bundle
 
     return build_bundle(checkpoint, out, engine=engine, fp16=fp16, opset=opset, check=check, force=force,
-                        progress=progress)
+                        progress=progress, fp16_fallback=fp16_fallback)
 
 
 __all__ = ["ExportError", "export_bundle"]

@@ -57,16 +57,25 @@ class Steps:
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.i, self.t = total, enabled, 0, 0.0
+        self.open = False
 
     def start(self, what: str) -> None:
         self.i += 1
         self.t = time.perf_counter()
+        self.open = True
         if self.enabled:
             print(f"[{self.i}/{self.total}] {what} ...", end="", file=sys.stderr, flush=True)
 
     def done(self, note: str = "") -> None:
+        self.open = False
         if self.enabled:
             print(f" {time.perf_counter() - self.t:.1f} s{(' ' + note) if note else ''}", file=sys.stderr, flush=True)
+
+    def failed(self) -> None:
+        """End a step line that an error interrupted (the error then gets a line of its own)."""
+        if self.open and self.enabled:
+            print(" failed", file=sys.stderr, flush=True)
+        self.open = False
 
     def note(self, what: str) -> None:
         if self.enabled:
@@ -363,10 +372,16 @@ def _fp16_measure(comp: str, fp32_path: Path, fp16_path: Path, models: dict, con
 
 
 def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = False, opset: int = 18,
-                 check: bool = True, force: bool = False, progress: bool = True) -> dict[str, Any]:
+                 check: bool = True, force: bool = False, progress: bool = True,
+                 fp16_fallback: bool = False) -> dict[str, Any]:
     from training.checkpoint import atomic_dir
 
     ck, o = _check_arguments(checkpoint, out, engine, opset, force)
+    if fp16_fallback and not fp16:
+        raise ExportError("--fp16-fallback keeps fp32 copies of the graphs of an fp16 bundle: use it with --fp16")
+    if fp16_fallback and engine == "trt":
+        raise ExportError("--fp16-fallback is for ONNX Runtime bundles (--engine onnx): the TensorRT engine has no "
+                          "fp32 fallback")
     if engine == "trt":
         from .trt import require
 
@@ -376,6 +391,17 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
     # load + tokenizer (text-to-music only) + one step per graph + manifest (+ parity, fp16, trt)
     total = 2 + (kind == TEXT_TO_MUSIC) + len(comps) + int(fp16) + int(check) + int(engine == "trt")
     steps = Steps(total, progress)
+    try:
+        return _build(ck, o, kind, engine, fp16, opset, check, force, progress, fp16_fallback, steps)
+    except BaseException:
+        steps.failed()
+        raise
+
+
+def _build(ck: Path, o: Path, kind: str, engine: str, fp16: bool, opset: int, check: bool, force: bool,
+           progress: bool, fp16_fallback: bool, steps: Steps) -> dict[str, Any]:
+    from training.checkpoint import atomic_dir
+
     steps.start(f"loading checkpoint {ck}" + ("" if kind == TEXT_TO_MUSIC else
                                              " (DMAE only: autoencoder bundle, encoder + decoder)"))
     config, meta, models = _load(ck, kind)
@@ -391,7 +417,7 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
 
     def write(tmp: Path) -> None:
         result["manifest"] = _write_bundle(tmp, o, ck, config, meta, models, engine, fp16, opset, check, steps,
-                                           kind)
+                                           kind, fp16_fallback)
 
     try:
         atomic_dir(o, write, overwrite=force)
@@ -421,8 +447,12 @@ def _cleanup(created: list[Path]) -> None:
             pass
 
 
+FALLBACK_DIR = "fp32"  # fp16 bundles exported with --fp16-fallback keep the fp32 graphs here
+
+
 def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, models: dict, engine: str,
-                  fp16: bool, opset: int, check: bool, steps: Steps, kind: str = TEXT_TO_MUSIC) -> dict[str, Any]:
+                  fp16: bool, opset: int, check: bool, steps: Steps, kind: str = TEXT_TO_MUSIC,
+                  fp16_fallback: bool = False) -> dict[str, Any]:
     from . import onnx as ox
     from . import parity as par
 
@@ -436,6 +466,7 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
 
     work = tmp / ".fp32" if fp16 else tmp  # fp16: the fp32 graphs are the reference, kept out of the bundle
     work.mkdir(exist_ok=True)
+    keep_fp32 = False
     try:
         tokenizer = None
         if full:
@@ -492,8 +523,11 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
                 e2e.update({"fp32_max_abs": e2e32["max_abs"], "fp32_rel_l2": e2e32["rel_l2"]})
                 parity["end_to_end"] = e2e
             steps.done()
+        keep_fp32 = fp16 and fp16_fallback
     finally:
-        if fp16:
+        if keep_fp32:  # --fp16-fallback: the fp32 graphs (and any external data beside them) go into the bundle
+            os.replace(work, tmp / FALLBACK_DIR)
+        elif fp16:
             shutil.rmtree(work, ignore_errors=True)
 
     if check:
@@ -513,6 +547,9 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
     manifest = manifest_skeleton(config, meta, ck, final.name, fp16, opset, tokenizer, kind)
     manifest["models"] = {c: {"file": MODEL_FILES[c], "inputs": exported[c].inputs, "outputs": exported[c].outputs}
                           for c in comps}
+    if keep_fp32:
+        for c in comps:
+            manifest["models"][c]["fp32_file"] = f"{FALLBACK_DIR}/{MODEL_FILES[c]}"
     steps.done()
 
     if engine == "trt":

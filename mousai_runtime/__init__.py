@@ -6,8 +6,8 @@
 from .bundle import Bundle, BundleError
 from .engines import EngineError
 from .host import HostRenderer
-from .pipeline import Cancelled, CancelToken, InputError, Pipeline
+from .pipeline import Cancelled, CancelToken, Fp16FallbackWarning, InputError, Pipeline
 from .sampling import NonFiniteError
 
 __all__ = ["Pipeline", "HostRenderer", "Bundle", "BundleError", "EngineError", "InputError", "Cancelled",
-           "CancelToken", "NonFiniteError"]
+           "CancelToken", "NonFiniteError", "Fp16FallbackWarning"]

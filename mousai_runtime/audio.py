@@ -1,19 +1,28 @@
 """Writing audio: atomic wav/flac files, loudness normalisation (ITU-R BS.1770 via pyloudnorm) with a true-peak-safe
 limiter (4x oversampled peak estimate), and an optional spectrogram PNG (matplotlib, Agg; imported lazily).
 
-Every file is written to a temp file in the destination folder and renamed into place, so a crash or a full disk
-never leaves a half-written file under the final name.
+Every file is written to an unnamed temp file in the destination folder (Linux O_TMPFILE) that gets its name only
+once it is complete, so a crash, a SIGKILL or a full disk leaves nothing behind at all; where O_TMPFILE is not
+available, to a named temp file `.NAME.PID.*.tmp*` renamed into place (a kill can leave that hidden temp file; the
+next write into the folder removes the ones whose process is gone).
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
 
 FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 
@@ -43,31 +52,136 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     if p.is_dir():
         raise AudioError(f"output path is a folder: {p}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
+        fd = _open_unnamed(folder)
+        if fd is not None:
+            os.close(fd)  # an unnamed file: nothing to remove, nothing left if we die here
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".probe", dir=folder)
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as e:
         raise AudioError(f"cannot write to {folder}: {e.strerror or e}") from None
     return p
 
 
+def _open_unnamed(folder: Path) -> int | None:
+    """An unnamed regular file in `folder` (O_TMPFILE), or None where the OS / file system has none."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None  # file system without O_TMPFILE support (ENOENT: old kernels)
+        raise
+
+
+def _link_unnamed(fd: int, p: Path, folder: Path) -> None:
+    """Give the unnamed file `fd` the name `p` (replacing an existing file in one rename)."""
+    proc = os.open("/proc/self/fd", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:  # linkat(AT_SYMLINK_FOLLOW) through /proc (an explicit dir fd makes os.link use linkat)
+            os.link(str(fd), p, src_dir_fd=proc, follow_symlinks=True)
+            return
+        except FileExistsError:
+            pass
+        tmp = folder / f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        os.link(str(fd), tmp, src_dir_fd=proc, follow_symlinks=True)
+        try:
+            os.replace(tmp, p)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    finally:
+        os.close(proc)
+
+
+def _unlink_quietly(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Named temp files of `name` left by a process that no longer exists (a kill during a fallback write)."""
+    pat = re.compile(rf"^\.{re.escape(name)}\.(\d+)\..*\.(tmp|probe)")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        m = pat.match(entry)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            _unlink_quietly(folder / entry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def write_failure_reason(e: BaseException, folder: Path, size: int | None = None) -> str:
+    """The most likely reason a write failed: libsndfile reports only 'System error.', so look at the free space
+    and at this process's file-size limit (RLIMIT_FSIZE)."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    try:
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE) if resource is not None else (-1, -1)
+    if resource is not None and soft != resource.RLIM_INFINITY and (size is None or size >= soft - (1 << 16)):
+        return f"{os.strerror(errno.EFBIG)} (the file size limit is {soft:,} bytes)"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask(0) would briefly affect every
+    thread of the host process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(temp_path) for a temp file beside `path`, then rename it over `path` (temp removed on failure)."""
+    """Call write(temp_path) for a temp file beside `path`, then give it the name `path` (nothing is left on
+    failure; with O_TMPFILE, nothing is left even if the process is killed)."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + p.suffix, dir=folder)
+    fd = _open_unnamed(folder)
+    if fd is not None:
+        try:
+            write(f"/proc/self/fd/{fd}")
+            os.fchmod(fd, 0o666 & ~current_umask())
+            _link_unnamed(fd, p, folder)
+        finally:
+            os.close(fd)  # an unnamed file that failed is freed here
+        return p
+    _remove_stale_temps(folder, p.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp" + p.suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, p)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     return p
 
@@ -97,11 +211,19 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fm
             clipped += int(np.count_nonzero(np.abs(seg) > 1.0))
 
     def write(tmp: str) -> None:
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=audio.shape[0], format=container,
-                          subtype=subtype) as out:
-            for s in range(0, n, block):
-                seg = audio[:, s:s + block]
-                out.write(np.ascontiguousarray((np.clip(seg, -1.0, 1.0) if pcm and clipped else seg).T))
+        try:
+            with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=audio.shape[0], format=container,
+                              subtype=subtype) as out:
+                for s in range(0, n, block):
+                    seg = audio[:, s:s + block]
+                    out.write(np.ascontiguousarray((np.clip(seg, -1.0, 1.0) if pcm and clipped else seg).T))
+        except sf.LibsndfileError as e:  # a RuntimeError without errno ("System error."): disk full, size limit
+            folder = Path(path).parent if str(Path(path).parent) else Path(".")
+            try:
+                size = os.stat(tmp).st_size
+            except OSError:
+                size = None
+            raise AudioError(f"cannot write {path}: {write_failure_reason(e, folder, size)}") from None
 
     atomic_write(path, write)
     return {"path": str(path), "format": f, "subtype": subtype, "seconds": n / sample_rate, "clipped": clipped}

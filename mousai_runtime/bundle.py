@@ -44,6 +44,20 @@ ALLOWED_COMPONENTS = {TEXT_TO_MUSIC: tuple(COMPONENT_IO), AUTOENCODER: ("encoder
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
+# The keys each interpreted section may hold: an unknown key there could change what the numbers mean, so it is
+# refused (versions, source and parity are informational and free-form).
+SECTION_KEYS = {
+    "audio": {"sample_rate", "channels", "audio_scale"},
+    "latent": {"channels", "hop"},
+    "stft": {"n_fft", "hop", "center", "normalized", "window", "pad_mode"},
+    "text": {"max_length", "features", "tokenizer", "pad_id"},
+    "decoder_info": {"length_multiple", "receptive_field", "receptive_field_method", "downsampling"},
+    "generator_info": {"length_multiple", "window_frames", "overlap_frames"},
+    "defaults": {"sampler", "schedule", "generator_steps", "decoder_steps", "guidance", "seconds", "max_seconds"},
+}
+MODEL_KEYS = {"file", "inputs", "outputs", "fp32_file"}
+TENSOR_KEYS = {"name", "dtype", "shape"}
+
 
 class BundleError(Exception):
     """A bundle that is missing, corrupt, of another format version, or inconsistent (one-line message)."""
@@ -65,6 +79,24 @@ def check_relative_path(name: Any, what: str) -> str:
     if any(part in ("..", ".", "") for part in name.split("/")):
         raise BundleError(f"{what}: refusing path {name!r} (no '..', '.' or empty components)")
     return name
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    d: dict = {}
+    for k, v in pairs:
+        if k in d:
+            raise BundleError(f"duplicate key {k!r} (a manifest is ambiguous with it: parsers disagree on which wins)")
+        d[k] = v
+    return d
+
+
+def _no_constants(name: str) -> Any:
+    raise BundleError(f"{name} is not JSON (a manifest has only finite numbers)")
+
+
+def parse_manifest_json(text: str) -> Any:
+    """json.loads, strictly: duplicate keys and NaN / Infinity literals are refused (BundleError)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
@@ -135,6 +167,7 @@ class ModelSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    fp32_file: str | None = None  # fp16 bundles exported with --fp16-fallback: the fp32 graph of the component
 
     def input(self, name: str) -> TensorSpec:
         for t in self.inputs:
@@ -154,6 +187,8 @@ def _tensor_list(v: Any, where: str) -> tuple[TensorSpec, ...]:
         w = f"{where}[{i}]"
         if not isinstance(t, dict):
             raise BundleError(f"{w} must be an object")
+        if set(t) - TENSOR_KEYS:
+            raise BundleError(f"{w}: unknown field(s) {sorted(set(t) - TENSOR_KEYS)}")
         name, dtype, shape = _str(t, "name", w), _str(t, "dtype", w), t.get("shape")
         if dtype not in _DTYPES:
             raise BundleError(f"{w}.dtype {dtype!r} is not one of {sorted(_DTYPES)}")
@@ -196,8 +231,10 @@ class Bundle:
         if not mf.is_file():
             raise BundleError(f"not a bundle (no manifest.json): {path}")
         try:
-            m = json.loads(mf.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            m = parse_manifest_json(mf.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise BundleError(f"unreadable manifest {mf}: {e}")
+        except BundleError as e:
             raise BundleError(f"unreadable manifest {mf}: {e}")
         if not isinstance(m, dict):
             raise BundleError(f"{mf}: the manifest must be a JSON object")
@@ -227,6 +264,12 @@ class Bundle:
     def _check_fields(m: dict) -> dict[str, ModelSpec]:
         kind = m.get("kind", TEXT_TO_MUSIC)
         _str(m, "name", "manifest")
+        for sec, keys in SECTION_KEYS.items():
+            if isinstance(m.get(sec), dict):
+                unknown = sorted(set(m[sec]) - keys)
+                if unknown:
+                    raise BundleError(f"{sec}: unknown field(s) {unknown} (format version {VERSION} has none; a "
+                                      "newer exporter? upgrade mousai)")
         if m["precision"] not in ("fp32", "fp16"):
             raise BundleError(f"manifest.precision must be 'fp32' or 'fp16', got {m['precision']!r}")
         a = _obj(m, "audio")
@@ -316,9 +359,20 @@ class Bundle:
             w = f"models.{comp}"
             if not isinstance(spec, dict):
                 raise BundleError(f"{w} must be an object")
+            if set(spec) - MODEL_KEYS:
+                raise BundleError(f"{w}: unknown field(s) {sorted(set(spec) - MODEL_KEYS)}")
             f = check_relative_path(spec.get("file"), f"{w}.file")
             if f not in files:
                 raise BundleError(f"{w}.file {f!r} is not listed in files (it must be hashed)")
+            f32 = None
+            if "fp32_file" in spec:
+                if m["precision"] != "fp16":
+                    raise BundleError(f"{w}.fp32_file: only an fp16 bundle carries fp32 fallback graphs")
+                f32 = check_relative_path(spec["fp32_file"], f"{w}.fp32_file")
+                if f32 not in files:
+                    raise BundleError(f"{w}.fp32_file {f32!r} is not listed in files (it must be hashed)")
+                if f32 == f:
+                    raise BundleError(f"{w}.fp32_file is the fp16 graph itself")
             ins, outs = _tensor_list(spec.get("inputs"), f"{w}.inputs"), _tensor_list(spec.get("outputs"), f"{w}.outputs")
             need_in, need_out = COMPONENT_IO[comp]
             have_in, have_out = [x.name for x in ins], [x.name for x in outs]
@@ -326,7 +380,7 @@ class Bundle:
                 raise BundleError(f"{w}.inputs are {have_in}; this runtime feeds {list(need_in)}")
             if not set(need_out) <= set(have_out):
                 raise BundleError(f"{w}.outputs are {have_out}; this runtime reads {list(need_out)}")
-            specs[comp] = ModelSpec(comp, f, ins, outs)
+            specs[comp] = ModelSpec(comp, f, ins, outs, f32)
         return specs
 
     def _inside(self, name: str) -> Path:
@@ -394,6 +448,14 @@ class Bundle:
     def kind(self) -> str:
         """'text-to-music' (also when the manifest has no kind) or 'autoencoder' (encoder + decoder only)."""
         return self.manifest.get("kind", TEXT_TO_MUSIC)
+
+    @property
+    def precision(self) -> str:
+        """'fp32' or 'fp16' (fp16 graphs with fp32 islands; float32 inputs and outputs either way)."""
+        return self.manifest["precision"]
+
+    def has_fp32_fallback(self, component: str) -> bool:
+        return self.model(component).fp32_file is not None
 
     @property
     def is_autoencoder(self) -> bool:

@@ -30,24 +30,25 @@ def _seconds(s: float) -> str:
 def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Optional[int] = None,
                      guidance: Optional[float] = None, seed: int = 0, model: str = "engines/default",
                      engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
-                     spectrogram: Optional[str] = None) -> int:
+                     spectrogram: Optional[str] = None, fp16_fallback: bool = False) -> int:
     from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
         write_spectrogram
     from .bundle import BundleError
     from .engines import EngineError
-    from .pipeline import Cancelled, InputError, Pipeline
+    from .pipeline import MAX_GUIDANCE, MAX_STEPS, Cancelled, InputError, Pipeline, check_prompt
     from .sampling import NonFiniteError
 
     # cheap checks first: nothing is loaded or written before all of these pass
     try:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
+        check_prompt(prompt)
         if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
             raise InputError(f"--seconds must be a finite number > 0, got {seconds}")
-        if steps is not None and steps < 1:
-            raise InputError(f"--steps must be >= 1, got {steps}")
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"--steps must be >= 1 and <= {MAX_STEPS}, got {steps}")
         if guidance is not None and not math.isfinite(guidance):
             raise InputError(f"--guidance must be a finite number, got {guidance}")
+        if guidance is not None and abs(guidance) > MAX_GUIDANCE:
+            raise InputError(f"--guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance:g}")
         if loudness is not None and (not math.isfinite(loudness) or not -70 <= loudness <= 0):
             raise InputError(f"--loudness must be between -70 and 0 LUFS, got {loudness}")
         fmt = resolve_format(out, format)
@@ -63,7 +64,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
 
     t_load = time.perf_counter()
     try:
-        pipe = Pipeline(model, engine=engine)
+        pipe = Pipeline(model, engine=engine, fp16_fallback=fp16_fallback)
         pipe.check_inputs(prompt, seconds, steps, guidance, seed)
     except (BundleError, EngineError, InputError) as e:
         return _err(str(e))

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, check_relative_path
+from .onnx_check import external_data_locations
 
 
 class EngineError(RuntimeError):
@@ -62,6 +63,13 @@ class Engine:
 
     def prepare(self, components: Sequence[str]) -> None:
         """Create the sessions now (so the first generation does not pay for it)."""
+
+    #: whether run_fp32 can run an fp16 bundle's fp32 fallback graphs (models.<component>.fp32_file)
+    supports_fp32_fallback = False
+
+    def run_fp32(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One call of the component's fp32 fallback graph (fp16 bundles exported with --fp16-fallback)."""
+        raise EngineError(f"the {self.kind} engine cannot run fp32 fallback graphs: use --engine onnx")
 
     def describe(self) -> str:
         return self.kind
@@ -146,42 +154,71 @@ class OrtEngine(Engine):
                 out.append(p)
         return out
 
-    def session(self, component: str):
-        s = self._sessions.get(component)
+    def session(self, component: str, fp32: bool = False):
+        key = f"{component}@fp32" if fp32 else component
+        s = self._sessions.get(key)
         if s is not None:
             return s
         with self._lock:
-            s = self._sessions.get(component)
+            s = self._sessions.get(key)
             if s is None:
-                s = self._create(component)
-                self._sessions[component] = s
+                s = self._create(component, fp32)
+                self._sessions[key] = s
         return s
 
-    def _create(self, component: str):
+    def model_source(self, file: str) -> bytes | str:
+        """What ONNX Runtime loads for a bundle graph: its verified bytes, or - when the graph keeps weights in
+        external data files - its path, after checking that every external-data location is a plain relative path
+        listed (and so hashed) in the manifest, inside the bundle folder. A graph given as bytes would resolve
+        external data against the working directory, so such a graph is never loaded from bytes."""
+        b = self.bundle
+        data = b.read_bytes(file)  # hashed now: the bytes ORT parses are the verified ones
+        try:
+            locations = external_data_locations(data)
+        except ValueError as e:
+            raise BundleError(f"{b.path}: {file} is not a valid ONNX file ({e}): the file is corrupt; re-export "
+                              "the bundle") from None
+        if not locations:
+            return data
+        folder = file.rsplit("/", 1)[0] + "/" if "/" in file else ""
+        for loc in sorted(locations):
+            try:
+                check_relative_path(loc, f"{file}: external data location")
+            except BundleError as e:
+                raise BundleError(f"{b.path}: {e}; refusing to load it") from None
+            name = folder + loc
+            if name not in b.manifest["files"]:
+                raise BundleError(f"{b.path}: {file} keeps weights in {loc!r}, which manifest.json does not list "
+                                  "(every file a graph reads must be hashed): refusing to load it")
+            b.verify_file(name)  # inside the folder (through symlinks too) and hashed now
+        return str(b.file_path(file))  # (its bytes were hashed above)
+
+    def _create(self, component: str, fp32: bool = False):
         ort = self._ort
         spec = self.bundle.model(component)
-        if f"{spec.file}.data" in self.bundle.manifest["files"]:
-            # > 2 GB of weights live in <file>.data beside the graph: ORT must load by path (both re-hashed now)
-            self.bundle.verify_file(spec.file)
-            self.bundle.verify_file(f"{spec.file}.data")
-            data = str(self.bundle.file_path(spec.file))
-        else:
-            data = self.bundle.model_bytes(component)  # hashed now: the bytes ORT parses are the verified ones
+        file = spec.fp32_file if fp32 else spec.file
+        if file is None:
+            raise EngineError(f"{self.bundle.path}: the bundle has no fp32 fallback graph for {component} "
+                              "(export it with --fp16 --fp16-fallback)")
+        data = self.model_source(file)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sess = ort.InferenceSession(data, sess_options=self._options(), providers=self._provider_options())
         except Exception as e:  # ORT raises its own exception types
-            raise EngineError(f"ONNX Runtime cannot load {spec.file}: {' '.join(str(e).split())[:300]}") from None
+            raise EngineError(f"ONNX Runtime cannot load {file}: {' '.join(str(e).split())[:300]}") from None
         used = sess.get_providers()
         self._used[component] = used
         if self.explicit and self.requested[0] not in used:
-            raise EngineError(f"asked for {self.requested[0]} but ONNX Runtime runs {spec.file} on {used[0]} "
+            raise EngineError(f"asked for {self.requested[0]} but ONNX Runtime runs {file} on {used[0]} "
                               "(no usable GPU / driver / TensorRT?)")
         names = {i.name for i in sess.get_inputs()}
         want = {t.name for t in spec.inputs}
         if names != want:
-            raise BundleError(f"{spec.file} has inputs {sorted(names)}, the manifest says {sorted(want)}")
+            raise BundleError(f"{file} has inputs {sorted(names)}, the manifest says {sorted(want)}")
+        outs = {o.name for o in sess.get_outputs()}
+        if spec.outputs[0].name not in outs:
+            raise BundleError(f"{file} has outputs {sorted(outs)}, the manifest says {spec.outputs[0].name!r}")
         return sess
 
     def prepare(self, components: Sequence[str]) -> None:
@@ -189,8 +226,16 @@ class OrtEngine(Engine):
             if self.bundle.has(c):
                 self.session(c)
 
+    supports_fp32_fallback = True
+
     def run(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        sess = self.session(component)
+        return self._run(component, inputs, False)
+
+    def run_fp32(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._run(component, inputs, True)
+
+    def _run(self, component: str, inputs: Mapping[str, np.ndarray], fp32: bool) -> np.ndarray:
+        sess = self.session(component, fp32)
         spec = self.bundle.model(component)
         feeds = {t.name: np.ascontiguousarray(inputs[t.name], dtype=_NP_DTYPES[t.dtype]) for t in spec.inputs}
         out_name = [t.name for t in spec.outputs][0]
@@ -198,7 +243,7 @@ class OrtEngine(Engine):
             out = sess.run([out_name], feeds)[0]
         except Exception as e:  # ORT's own exception types: shape errors, out of memory, ...
             shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-            raise EngineError(f"ONNX Runtime failed running {spec.file} on {shapes}: "
+            raise EngineError(f"ONNX Runtime failed running {spec.fp32_file if fp32 else spec.file} on {shapes}: "
                               f"{' '.join(str(e).split())[:300]}") from None
         return out if out.dtype == np.float32 else out.astype(np.float32)
 

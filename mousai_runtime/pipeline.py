@@ -14,8 +14,10 @@ noise and buffers. Same prompt, seconds, steps, guidance and seed -> the same au
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -24,18 +26,49 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import faults
 from .bundle import Bundle, BundleError
 from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
 from .engines import Engine, EngineError, make_engine
-from .sampling import ddim_sample, linear_sigmas
+from .sampling import NonFiniteError, ddim_sample, linear_sigmas
 from .stft import magnitude_stft
 from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedModel, check_window, plan_windows
 
 AUTOENCODER_ONLY = "this bundle is an autoencoder only (no text encoder / generator): use encode/decode"
 
+MAX_PROMPT_CHARS = 4000  # the text encoder reads max_length (64) tokens; longer prompts are truncated with a warning
+MAX_GUIDANCE = 100.0
+MAX_STEPS = 10000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 / C1 controls but tab, newline, CR
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # what undecodable bytes become in sys.argv (surrogateescape)
+
 
 class InputError(ValueError):
-    """A bad argument to generate/stream (empty prompt, bad seconds/steps/guidance/seed)."""
+    """A bad argument to generate/stream/encode/decode (empty prompt, bad seconds/steps/guidance/seed/audio)."""
+
+
+class Fp16FallbackWarning(RuntimeWarning):
+    """An fp16 graph gave NaN/inf and its fp32 fallback graph was used instead (Pipeline(fp16_fallback=True))."""
+
+
+def check_prompt(prompt: Any) -> str:
+    """The prompt if it is usable text, else InputError (one line): empty / whitespace-only, longer than
+    MAX_PROMPT_CHARS characters, control characters, or undecodable bytes (lone surrogates)."""
+    if isinstance(prompt, (bytes, bytearray)):
+        raise InputError("the prompt must be text (str), not bytes: decode it first")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,} (the "
+                         "text encoder reads only its first 64 tokens)")
+    m = _SURROGATE.search(prompt)
+    if m:
+        raise InputError(f"the prompt is not valid UTF-8 text (undecodable byte at character {m.start() + 1})")
+    m = _CONTROL.search(prompt)
+    if m:
+        raise InputError(f"the prompt contains the control character U+{ord(m.group()):04X} at character "
+                         f"{m.start() + 1}: remove it")
+    return prompt
 
 
 class Cancelled(Exception):
@@ -77,6 +110,9 @@ class _Tracker:
         self.progress, self.stage_fn, self.cancel = progress, stage_fn, cancel
         self.stage_done: dict[str, int] = {}
         self.stage_total: dict[str, int] = {}
+        self.calls: dict[str, int] = {}  # model calls per component in this render (the fault hook counts them)
+        self.fp32: set[str] = set()  # components switched to their fp32 fallback graph for the rest of the render
+        self.where: dict[str, Callable[[int], str]] = {}  # component -> call index -> "denoising step k/n"
 
     def check(self) -> None:
         if is_cancelled(self.cancel):
@@ -102,12 +138,34 @@ class Pipeline:
                  providers: list[str] | str | None = None, threads: int | None = None, *,
                  checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 10.0,
                  text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
-                 overlap_frames: int | None = None, window_batch: int = 1):
+                 overlap_frames: int | None = None, window_batch: int = 1, fp16_fallback: bool = False):
         """`window_frames` / `overlap_frames` (latent frames) override the manifest's generator windows (rounded up to
-        the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call."""
+        the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call.
+
+        `fp16_fallback`: with an fp16 bundle exported with `--fp16 --fp16-fallback` (models.*.fp32_file), a model
+        call whose fp16 output holds NaN/inf is run again with that component's fp32 graph, which then serves the
+        rest of the render (an Fp16FallbackWarning says so). Non-finite values are never replaced by anything else:
+        if the fp32 graph fails too, the render raises NonFiniteError. No effect on an fp32 bundle."""
+        if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(
+                chunk_seconds, (int, float, np.integer, np.floating)) or not math.isfinite(chunk_seconds)
+                or chunk_seconds <= 0):
+            raise InputError(f"chunk_seconds must be a finite number > 0 (or None: one chunk), got {chunk_seconds!r}")
+        if isinstance(text_cache, bool) or not isinstance(text_cache, (int, np.integer)) or text_cache < 0:
+            raise InputError(f"text_cache must be an integer >= 0, got {text_cache!r}")
         self.bundle = Bundle.load(bundle_dir, verify=verify)
         self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
         b = self.bundle
+        if not isinstance(fp16_fallback, bool):
+            raise InputError(f"fp16_fallback must be true or false, got {fp16_fallback!r}")
+        self.fp16_fallback = fp16_fallback and b.precision == "fp16"
+        if self.fp16_fallback:
+            missing = [c for c in b.models if not b.has_fp32_fallback(c)]
+            if missing:
+                raise BundleError(f"{b.path}: this fp16 bundle has no fp32 fallback graphs for {missing}: re-export "
+                                  "it with `mousai export --fp16 --fp16-fallback`")
+            if not getattr(self.engine, "supports_fp32_fallback", False):
+                raise EngineError(f"--fp16-fallback needs --engine onnx (the {self.engine.kind} engine cannot run "
+                                  "the fp32 fallback graphs)")
         self.kind = b.kind
         self.tokenizer = None if b.is_autoencoder else self._load_tokenizer()
         self.window_frames, self.overlap_frames, self.window_batch = None, None, 1
@@ -140,6 +198,25 @@ class Pipeline:
         except ValueError as e:
             raise InputError(str(e)) from None
 
+    def _run(self, component: str, feeds: dict[str, np.ndarray], tracker: "_Tracker | None" = None) -> np.ndarray:
+        """One model call through the engine: the fault test hook (mousai_runtime.faults, inactive unless a test
+        turns it on) and, with fp16_fallback, the fp32 re-run of a call whose fp16 output is not finite. A
+        non-finite output is returned as it is (the caller reports it, naming the step)."""
+        t = tracker if tracker is not None else _Tracker(1, None, None, None)
+        call = t.calls.get(component, 0)
+        t.calls[component] = call + 1
+        if component in t.fp32:
+            return faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
+        out = faults.apply(component, call, self.bundle.precision, self.engine.run(component, feeds))
+        if self.fp16_fallback and not np.isfinite(out).all():
+            where = t.where.get(component, lambda i: "in its output")(call)
+            warnings.warn(Fp16FallbackWarning(
+                f"the fp16 {component} gave NaN/inf {where}: re-ran it with its fp32 graph, which serves the "
+                "rest of this render"), stacklevel=2)
+            t.fp32.add(component)
+            out = faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
+        return out
+
     def _require_generator(self) -> None:
         if self.bundle.is_autoencoder:
             raise InputError(AUTOENCODER_ONLY)
@@ -161,9 +238,10 @@ class Pipeline:
         tok.enable_padding(direction=direction, pad_id=t["pad_id"], pad_token=pad_token, length=t["max_length"])
         return tok
 
-    def text_states(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    def text_states(self, prompt: str, _tracker: "_Tracker | None" = None) -> tuple[np.ndarray, np.ndarray]:
         """(states [1, max_length, features], mask [1, max_length]) float32, cached per prompt."""
         self._require_generator()
+        check_prompt(prompt)
         with self._lock:
             hit = self._text_cache.get(prompt)
             if hit is not None:
@@ -175,7 +253,9 @@ class Pipeline:
                           stacklevel=3)
         ids = np.asarray([enc.ids], dtype=np.int64)
         mask = np.asarray([enc.attention_mask], dtype=np.int64)
-        states = self.engine.run("text_encoder", {"input_ids": ids, "attention_mask": mask}).astype(np.float32)
+        states = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask}, _tracker).astype(np.float32)
+        if not np.isfinite(states).all():
+            raise NonFiniteError("text_encoder")
         states.setflags(write=False)
         maskf = mask.astype(np.float32)
         maskf.setflags(write=False)
@@ -191,8 +271,7 @@ class Pipeline:
         """Validate and fill defaults; raises InputError (a ValueError) with a one-line message."""
         self._require_generator()
         d = self.bundle.defaults
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty: describe the music, e.g. \"calm ambient pads with soft piano\"")
+        check_prompt(prompt)
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)):
             raise InputError(f"seconds must be a number, got {seconds!r}")
         seconds = float(seconds)
@@ -208,11 +287,21 @@ class Pipeline:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(float(guidance)):
             raise InputError(f"guidance must be a finite number, got {guidance!r}")
+        if abs(float(guidance)) > MAX_GUIDANCE:
+            raise InputError(f"guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance!r}")
         return prompt, seconds, steps, float(guidance), _check_seed(seed), decoder_steps
 
     # ---------------------------------------------------------------------------------------------- models
     def _decoder_fn(self, x: np.ndarray, sigma: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        return self.engine.run("decoder", {"x": x, "sigma": sigma, "latent": latent})
+        return self._run("decoder", {"x": x, "sigma": sigma, "latent": latent})
+
+    def _decoder_for(self, tracker: _Tracker, steps: int) -> ChunkedDecoder:
+        """The chunked decoder with its model calls counted in this render's tracker (a shallow copy: no state)."""
+        dec = copy.copy(self.decoder)
+        dec.model_fn = lambda x, sigma, latent: self._run("decoder", {"x": x, "sigma": sigma, "latent": latent},
+                                                          tracker)
+        tracker.where["decoder"] = lambda i: f"in chunk {i // steps + 1} at denoising step {i % steps + 1}/{steps}"
+        return dec
 
     def frames_for(self, seconds: float) -> tuple[int, int]:
         """(latent frames, audio samples) of a clip."""
@@ -236,7 +325,7 @@ class Pipeline:
                          tracker: _Tracker) -> np.ndarray:
         tracker.start("text", 1)
         tracker.check()
-        states, mask = self.text_states(prompt)
+        states, mask = self.text_states(prompt, tracker)
         tracker.step("text")
         b = self.bundle
         t_gen = round_up(frames, b.generator_multiple)
@@ -252,9 +341,11 @@ class Pipeline:
             else:  # several windows in one call
                 feeds = {"text_states": np.repeat(states, n, 0), "text_mask": np.repeat(mask, n, 0),
                          "guidance": np.full((n,), guidance, dtype=np.float32)}
-            return self.engine.run("generator", {"x": xx, "sigma": sigma, **feeds})
+            return self._run("generator", {"x": xx, "sigma": sigma, **feeds}, tracker)
 
         plan = self.window_plan(frames)
+        per_step = 1 if plan is None else -(-len(plan) // self.window_batch)
+        tracker.where["generator"] = lambda i: f"at denoising step {i // per_step + 1}/{steps}"
         if plan is None:  # the whole latent in one call per step
             tracker.start("generator", steps)
             z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
@@ -278,29 +369,45 @@ class Pipeline:
         """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`)."""
         steps = _check_steps("decoder steps", self.bundle.defaults["decoder_steps"] if steps is None else steps)
         seed = _check_seed(seed)
-        latent = np.asarray(latent, dtype=np.float32)
+        latent = _float_array(latent, "latent")
         if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != self.bundle.latent_channels \
                 or latent.shape[2] < 1:
             raise InputError(f"latent must be [1, {self.bundle.latent_channels}, frames], got {latent.shape}")
+        if not np.isfinite(latent).all():
+            raise InputError("the latent contains NaN or infinite values")
+        self._check_length(latent.shape[2] * self.hop, "latent")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))
                                     or not 0 < samples <= latent.shape[2] * self.hop):
             raise InputError(f"samples must be an integer in [1, {latent.shape[2] * self.hop}], got {samples!r}")
         tracker = _Tracker(self.decoder.total_steps(latent.shape[-1], steps), progress, None, cancel)
-        return self.decoder.decode(latent, steps, GlobalNoise(seed, self.bundle.channels), samples,
-                                   on_step=lambda: tracker.step("decoder"))[0]
+        return self._decoder_for(tracker, steps).decode(latent, steps, GlobalNoise(seed, self.bundle.channels),
+                                                        samples, on_step=lambda: tracker.step("decoder"))[0]
+
+    def _check_length(self, samples: int, what: str) -> None:
+        top = self.bundle.defaults.get("max_seconds")
+        if top is not None and samples > top * self.sample_rate:
+            raise InputError(f"the {what} is {samples / self.sample_rate:,.1f} s long, more than this bundle's "
+                             f"maximum of {top:g} s")
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """audio [2, L] (any L, audio units) -> latent [1, C, ceil(L / hop)] (the encoder's magnitude STFT in numpy)."""
-        audio = np.asarray(audio, dtype=np.float32)
+        audio = _float_array(audio, "audio")
         if audio.ndim != 2 or audio.shape[0] != self.bundle.channels or audio.shape[1] < 1:
             raise InputError(f"audio must be [{self.bundle.channels}, samples], got {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise InputError("the audio contains NaN or infinite samples")
+        self._check_length(audio.shape[1], "audio")
         n = audio.shape[1]
         frames = -(-n // self.hop)
         padded = np.zeros((1, audio.shape[0], frames * self.hop), np.float32)
         padded[0, :, :n] = audio
         s = self.bundle.stft
         mag = magnitude_stft(padded, s["n_fft"], s["hop"], s["center"], s["normalized"])
-        z = self.engine.run("encoder", {"magnitude": mag})
+        if not np.isfinite(mag).all():
+            raise InputError("the audio is too loud to analyse (its STFT overflows float32): scale it to [-1, 1]")
+        z = self._run("encoder", {"magnitude": mag})
+        if not np.isfinite(z).all():
+            raise NonFiniteError("encoder")
         return np.ascontiguousarray(z[..., :frames])
 
     # ---------------------------------------------------------------------------------------------- generation
@@ -322,7 +429,8 @@ class Pipeline:
         latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
         tracker.start("decoder", dec_total)
         noise = GlobalNoise(seed, self.bundle.channels)
-        for block in self.decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder")):
+        decoder = self._decoder_for(tracker, dsteps)
+        for block in decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder")):
             yield block[0]
 
     def generate(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
@@ -352,9 +460,16 @@ class Pipeline:
 def _check_steps(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"{name} must be an integer >= 1, got {v!r}")
-    if v > 10000:
-        raise InputError(f"{name} must be <= 10000, got {v}")
+    if v > MAX_STEPS:
+        raise InputError(f"{name} must be <= {MAX_STEPS}, got {v}")
     return int(v)
+
+
+def _float_array(a: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(a, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be an array of numbers: {' '.join(str(e).split())[:200]}") from None
 
 
 def _check_seed(seed: Any) -> int:
@@ -371,4 +486,5 @@ def timed_generate(pipe: Pipeline, *args, **kwargs) -> tuple[np.ndarray, float, 
     return audio, wall, wall / (audio.shape[-1] / pipe.sample_rate)
 
 
-__all__ = ["Pipeline", "InputError", "Cancelled", "CancelToken", "BundleError", "EngineError", "timed_generate"]
+__all__ = ["Pipeline", "InputError", "Cancelled", "CancelToken", "BundleError", "EngineError", "Fp16FallbackWarning",
+           "check_prompt", "timed_generate"]

@@ -13,12 +13,16 @@ ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x_sigma [B, ...], s
 
 
 class NonFiniteError(FloatingPointError):
-    """A NaN or infinity appeared in the sampler state (names the component and step)."""
+    """A NaN or infinity appeared in a model output or the sampler state (names the component and, in the
+    denoising loops, the step)."""
 
-    def __init__(self, component: str, step: int, steps: int, sigma: float):
+    def __init__(self, component: str, step: int | None = None, steps: int | None = None,
+                 sigma: float | None = None, note: str = ""):
         self.component, self.step, self.steps, self.sigma = component, step, steps, sigma
-        super().__init__(f"non-finite values in the {component} at denoising step {step + 1}/{steps} "
-                         f"(sigma {sigma:.4f}): the model or its input is broken (try another seed or fp32)")
+        where = (f"at denoising step {step + 1}/{steps} (sigma {sigma:.4f})" if step is not None
+                 else "in its output")
+        super().__init__(f"non-finite values in the {component} {where}{note}: the model or its input is broken "
+                         "(try another seed, fp32, or --fp16-fallback with an fp16 bundle)")
 
 
 def alpha_beta(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,18 +40,55 @@ def recover_dir(target: Path) -> None:
         os.replace(olds[-1], target)
 
 
+def _umask() -> int:
+    """The process umask, read from /proc where possible (os.umask(0) briefly affects every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove `.NAME.tmp-PID-*` folders left by a writer that was killed (PID no longer running on this host)."""
+    target = Path(target)
+    for p in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = p.name[len(target.name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def atomic_dir(target: Path, write: Any, overwrite: bool = True) -> Path:
     """Call write(tmp_dir), then move tmp_dir to target in one step (the old target is removed only after).
 
-    A kill between the two renames leaves `.NAME.old-PID`; `recover_dir` (run here and by readers) restores it."""
+    A kill between the two renames leaves `.NAME.old-PID`; `recover_dir` (run here and by readers) restores it. A
+    kill during write() leaves the hidden `.NAME.tmp-PID-*` folder, never NAME; the next atomic_dir of NAME
+    removes it once PID is gone."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
+    remove_stale_temps(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the folder the mode a plain mkdir would
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)

@@ -536,6 +536,11 @@ def train(
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+    from .args import check_train_args  # every numeric argument in range before anything is created
+
+    check_train_args(steps=steps, batch_size=batch_size, crop_length=crop_length, lr=lr, seed=seed, threads=threads,
+                     ckpt_every=ckpt_every, sample_every=sample_every, log_every=log_every, grad_clip=grad_clip,
+                     ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps)
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if threads is not None:

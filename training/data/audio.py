@@ -8,7 +8,8 @@ Everything here returns ``float32`` arrays shaped ``[channels, frames]`` (channe
 * :func:`save_flac` writes FLAC atomically (temporary file in the same folder, then ``os.replace``).
 * :func:`info` returns frames / rate / channels / duration and the file's text tags.
 
-Unreadable, corrupt or empty files raise :class:`AudioError` (never a bare libsndfile error).
+Unreadable, corrupt, truncated (a WAV whose data chunk is shorter than its header says) or empty files, and files
+holding NaN or infinite samples, raise :class:`AudioError` (never a bare libsndfile error, never silently zeroed).
 """
 
 from __future__ import annotations
@@ -55,9 +56,39 @@ def _open(path) -> sf.SoundFile:
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise AudioError(f"{path}: no such file")
     try:
-        return sf.SoundFile(path)
+        f = sf.SoundFile(path)
     except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError...
         raise AudioError(f"{_name(path)}: cannot open audio ({e})") from e
+    if isinstance(path, (str, os.PathLike)) and f.format in ("WAV", "WAVEX"):
+        try:
+            _check_wav_complete(path)
+        except AudioError:
+            f.close()
+            raise
+    return f
+
+
+def _check_wav_complete(path: PathLike) -> None:
+    """libsndfile quietly reads what is left of a truncated WAV: refuse one whose data chunk is shorter than its
+    header says (sizes 0 and 0xFFFFFFFF mean "unknown" in streamed files and are accepted)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return  # RF64 / W64 / other containers: libsndfile's own checks
+        order = "little" if head[:4] == b"RIFF" else "big"
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            hdr = fh.read(8)
+            n = int.from_bytes(hdr[4:8], order)
+            if hdr[:4] == b"data":
+                have = size - pos - 8
+                if n not in (0, 0xFFFFFFFF) and n > have:
+                    raise AudioError(f"{path}: truncated WAV: the header promises {n:,} bytes of audio, the file "
+                                     f"holds {have:,}")
+                return
+            pos += 8 + n + (n & 1)
 
 
 def _name(path) -> str:
@@ -137,8 +168,7 @@ def load_audio(path: PathLike, sr: int = 48000) -> np.ndarray:
             raise AudioError(f"{_name(path)}: cannot decode audio ({e})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{_name(path)}: no audio frames")
-    if not np.all(np.isfinite(data)):
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    _check_finite(data, path)
     x = to_stereo(data.T)
     return resample(x, src_sr, sr) if sr and sr != src_sr else np.ascontiguousarray(x)
 
@@ -159,9 +189,15 @@ def read_frames(path: PathLike, start: int, frames: int) -> tuple[np.ndarray, in
         except Exception as e:
             raise AudioError(f"{_name(path)}: cannot decode frames {start}..{start + frames} ({e})") from e
         sr = int(f.samplerate)
-    if not np.all(np.isfinite(data)):
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    _check_finite(data, path)
     return to_stereo(data.T), sr
+
+
+def _check_finite(data: np.ndarray, path) -> None:
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise AudioError(f"{_name(path)}: {bad:,} NaN or infinite sample{'s' if bad != 1 else ''} (a corrupt float "
+                         "file): refusing to use it")
 
 
 def save_flac(path: PathLike, audio: np.ndarray, sr: int, subtype: str = "PCM_16") -> Path:
