@@ -17,16 +17,16 @@ from . import genre as G
 from . import reconstruction as R
 
 
-def build_classifier(corpus: str | Path, out: str | Path, steps: int = 3000, log: Callable[[str], None] = print,
-                     threads: int | None = None) -> dict:
+def build_classifier(corpus: str | Path, out: str | Path, steps: int = 2000, log: Callable[[str], None] = print,
+                     threads: int | None = None, cache: str | Path | None = None) -> dict:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     genres = G.eval_genres(corpus)
     log(f"genres ({len(genres)}): {', '.join(genres)}")
-    train = G.corpus_tracks(corpus, "train", genres, progress=log)
-    val = G.corpus_tracks(corpus, "holdout", genres, progress=log) + G.heldout_midi_tracks(genres)
+    train = G.corpus_tracks(corpus, "train", genres, progress=log, cache=cache)
+    val = G.corpus_tracks(corpus, "holdout", genres, progress=log, cache=cache) + G.heldout_midi_tracks(genres)
     log(f"{len(train)} training tracks, {len(val)} held-out tracks (real + new-seed MIDI)")
     report = G.train_classifier(train, val, genres, out, steps=steps, log=log)
     report["per_genre_val_tracks"] = dict(Counter(t.genre for t in val))
