@@ -177,7 +177,7 @@ def test_tiny_dmae_overfits_one_clip():
     noise = torch.randn_like(audio)
     with torch.no_grad():
         start = _fixed_level_loss(dmae, audio, sigmas, noise)
-    opt = torch.optim.AdamW(dmae.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(dmae.parameters(), lr=1e-3)  # 3e-3 sat at the edge: 0.25 one run, diverged on another
     for _ in range(300):
         loss = dmae.loss(audio)
         opt.zero_grad()
@@ -187,13 +187,13 @@ def test_tiny_dmae_overfits_one_clip():
     with torch.no_grad():
         end = _fixed_level_loss(dmae, audio, sigmas, noise)
         recon = dmae.decode(dmae.encode(audio), steps=10, generator=torch.Generator().manual_seed(0))
-    assert end <= start / 3, (start, end)
+    assert end <= start / 3, (start, end)  # measured 0.80 -> 0.14
     # the latent holds magnitudes only (the decoder generates the phase: waveform MSE is not the measure), so
     # compare magnitude spectra (multi-resolution spectral convergence) against white noise of the clip's loudness
     rms = audio.pow(2).mean().sqrt()
     noise_same_loudness = torch.randn(audio.shape, generator=torch.Generator().manual_seed(1)) * rms
     d_recon, d_noise = _stft_distance(recon, audio), _stft_distance(noise_same_loudness, audio)
-    assert d_recon < 0.85 * d_noise, (d_recon, d_noise)  # measured 0.94 vs 1.36
+    assert d_recon < 0.85 * d_noise, (d_recon, d_noise)  # measured 0.77 vs 1.36
 
 
 @pytest.fixture(scope="module")
