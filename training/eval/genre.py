@@ -209,7 +209,7 @@ def train_classifier(train: Sequence[LabelledTrack], val: Sequence[LabelledTrack
         sched.step()
         if step % 250 == 0 or step == steps:
             acc = _accuracy(model, val_x, val_y)
-            log(f"genre classifier step {step}/{steps}: loss {float(loss):.3f}, held-out accuracy {acc:.3f} "
+            log(f"genre classifier step {step}/{steps}: loss {loss.item():.3f}, held-out accuracy {acc:.3f} "
                 f"({time.time() - t0:.0f} s)")
     model.eval()
     report = {"val_accuracy": _accuracy(model, val_x, val_y), "val_clips": int(len(val_y)), "steps": steps,
