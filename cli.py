@@ -326,6 +326,34 @@ def info(model: Path = typer.Argument(DEFAULT_BUNDLE, help="Bundle folder (defau
     raise typer.Exit(info_command(str(model)))
 
 
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+checkpoint_app = typer.Typer(help="Work with checkpoints (safetensors + config.json).", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@checkpoint_app.command("combine")
+def checkpoint_combine(
+    generator: Path = typer.Option(..., "--generator", help="Checkpoint with the trained generator."),
+    dmae: Path = typer.Option(..., "--dmae", help="Checkpoint with a later DMAE (same encoder: --freeze-encoder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the weights as float16 (half the size)."),
+) -> None:
+    """Pair a generator with a DMAE whose decoder trained on after the generator's run began. Refused unless the
+    DMAE's encoder is the one the generator's latents came from."""
+    try:
+        import torch
+
+        from training.checkpoint import CheckpointError, combine
+    except ImportError as e:
+        raise fail(f"needs the training extras: pip install 'mousai[train]' ({e})")
+    try:
+        combine(generator, dmae, out, dtype=torch.float16 if fp16 else None)
+    except (CheckpointError, OSError) as e:
+        raise fail(_one_line(e))
+    typer.echo(f"wrote {out}")
+
+
 # ---------------------------------------------------------------------------------------------- eval
 
 eval_app = typer.Typer(help="Evaluate a bundle on the corpus: reconstruction, text relevance, diversity.",

@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -380,3 +381,22 @@ def test_sigterm_saves_the_step_and_exits_cleanly(corpus, cfg_file, tmp_path):
     assert p.returncode == 130, err
     assert "Traceback" not in err and "continue with --resume" in err
     assert state_step(out) >= 3  # ckpt_every 0: only the SIGTERM handler saved it
+
+
+def test_combine_pairs_a_generator_with_a_later_frozen_encoder_dmae(corpus, cfg_file, tmp_path):
+    ae, gen = tmp_path / "ae", tmp_path / "gen"
+    T.train("autoencoder", corpus, cfg_file, ae, steps=1, ckpt_every=1, **FAST)
+    T.train("generator", corpus, None, gen, steps=1, dmae=ae / "checkpoint", **FAST)
+    shutil.copytree(ae, tmp_path / "ae-unfrozen")
+    T.train("autoencoder", None, None, ae, steps=3, resume=True, freeze_encoder=True, **FAST)
+    out = checkpoint.combine(gen / "checkpoint", ae / "checkpoint", tmp_path / "both", dtype=torch.float16)
+    _, models = load_models(out)
+    later = load_file(str(ae / "checkpoint" / "dmae.safetensors"))
+    mine = models["dmae"].state_dict()
+    assert all(torch.equal(mine[k], later[k].half().float()) for k in later)  # the later decoder, in fp16
+    assert any(not torch.equal(later[k], load_file(str(gen / "checkpoint" / "dmae.safetensors"))[k])
+               for k in later if k.startswith("decoder."))
+    T.train("autoencoder", None, None, tmp_path / "ae-unfrozen", steps=3, resume=True, **FAST)
+    with pytest.raises(checkpoint.CheckpointError, match="another encoder"):
+        checkpoint.combine(gen / "checkpoint", tmp_path / "ae-unfrozen" / "checkpoint", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

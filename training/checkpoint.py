@@ -196,3 +196,31 @@ def load_models(path: str | Path, components: tuple[str, ...] = COMPONENTS) -> t
         load_into(module, load_weights(path, name), name)
         models[name] = module.eval()
     return config, models
+
+
+def combine(generator_ckpt: str | Path, dmae_ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None,
+            note: str | None = None) -> Path:
+    """A text-to-music checkpoint from the generator of `generator_ckpt` and the DMAE of `dmae_ckpt`.
+
+    The generator was trained on the latents of the DMAE inside its own checkpoint; a later DMAE (a decoder trained
+    on with `--freeze-encoder`) may replace it only if its encoder, and so every latent, is the same: the encoder
+    weights must be equal (at the lower of the two precisions) and the DMAE configs identical."""
+    gcfg, gmeta = read_config(generator_ckpt)
+    dcfg, dmeta = read_config(dmae_ckpt)
+    gen = load_weights(generator_ckpt, "generator")
+    old, new = load_weights(generator_ckpt, "dmae"), load_weights(dmae_ckpt, "dmae")
+    if gcfg.dmae != dcfg.dmae:
+        raise CheckpointError(f"{dmae_ckpt} has another DMAE config than the generator's DMAE in {generator_ckpt}")
+    enc = [k for k in old if k.startswith("encoder.")]
+    if not enc or set(enc) != {k for k in new if k.startswith("encoder.")}:
+        raise CheckpointError("the two DMAEs do not have the same encoder parameters")
+    for k in enc:
+        a, b = old[k], new[k]
+        low = a.dtype if a.element_size() <= b.element_size() else b.dtype
+        if a.shape != b.shape or not torch.equal(a.to(low), b.to(low)):
+            raise CheckpointError(f"the DMAE in {dmae_ckpt} has another encoder than the one the generator in "
+                                  f"{generator_ckpt} was trained on (first difference: {k}): its latents differ")
+    meta = {**gmeta, "dmae": dmeta, "combined_from": {"generator": str(generator_ckpt), "dmae": str(dmae_ckpt)}}
+    if note:
+        meta["note"] = note
+    return save_checkpoint(out, gcfg, {"dmae": new, "generator": gen}, meta, dtype=dtype)
