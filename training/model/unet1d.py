@@ -63,6 +63,8 @@ class Modulation(nn.Module):
         if norm not in ("layer", "group"):
             raise ValueError(f"modulation norm must be 'layer' or 'group', got {norm!r}")
         self.norm = norm
+        # a module, not F.group_norm: what replaces or inspects GroupNorm layers (the receptive-field test) sees it
+        self.group_norm = nn.GroupNorm(1, channels, eps=1e-6, affine=False) if norm == "group" else None
         self.to_scale_shift = nn.Linear(features, channels * 2)
 
     def forward(self, x: Tensor, f: Tensor) -> Tensor:
@@ -70,7 +72,7 @@ class Modulation(nn.Module):
         if self.norm == "layer":  # LayerNorm over channels == normalise each time step's channel vector
             h = F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=1e-6).transpose(1, 2)
         else:
-            h = F.group_norm(x, 1, eps=1e-6)
+            h = self.group_norm(x)
         return h * (1 + scale) + shift
 
 
