@@ -39,6 +39,7 @@ from . import ExportError
 
 FORMAT, VERSION = "mousai-bundle", 1
 DEFAULT_GENERATOR_STEPS, DEFAULT_DECODER_STEPS = 50, 10
+DEFAULT_SAMPLER, DEFAULT_DECODER_SAMPLER = "ddim", "ddim"  # manifest defaults.sampler / decoder_sampler
 DEFAULT_SECONDS, MAX_SECONDS = 10.0, 3600.0
 MODEL_FILES = {"text_encoder": "text_encoder.onnx", "generator": "generator.onnx", "encoder": "encoder.onnx",
                "decoder": "decoder.onnx"}
@@ -326,7 +327,9 @@ def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp
             "downsampling": [d.decoder.patch_size, *d.decoder.factors],
         },
         "generator_info": {"length_multiple": config.generator.unet.downsample_factor} if full else None,
-        "defaults": {"sampler": "ddim", "schedule": "linear",
+        "defaults": {"sampler": str(meta.get("sampler", DEFAULT_SAMPLER)),
+                     "decoder_sampler": str(meta.get("decoder_sampler", DEFAULT_DECODER_SAMPLER)),
+                     "schedule": "linear",
                      "generator_steps": int(meta.get("generator_steps", DEFAULT_GENERATOR_STEPS)),
                      "decoder_steps": int(meta.get("decoder_steps", DEFAULT_DECODER_STEPS)),
                      "guidance": float(meta.get("guidance", config.generator.default_guidance)),

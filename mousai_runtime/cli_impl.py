@@ -30,13 +30,14 @@ def _seconds(s: float) -> str:
 def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Optional[int] = None,
                      guidance: Optional[float] = None, seed: int = 0, model: str = "engines/default",
                      engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
-                     spectrogram: Optional[str] = None) -> int:
+                     spectrogram: Optional[str] = None, decoder_steps: Optional[int] = None,
+                     sampler: Optional[str] = None) -> int:
     from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
         write_spectrogram
     from .bundle import BundleError
     from .engines import EngineError
     from .pipeline import Cancelled, InputError, Pipeline
-    from .sampling import NonFiniteError
+    from .sampling import SAMPLERS, NonFiniteError
 
     # cheap checks first: nothing is loaded or written before all of these pass
     try:
@@ -46,6 +47,10 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
             raise InputError(f"--seconds must be a finite number > 0, got {seconds}")
         if steps is not None and steps < 1:
             raise InputError(f"--steps must be >= 1, got {steps}")
+        if decoder_steps is not None and decoder_steps < 1:
+            raise InputError(f"--decoder-steps must be >= 1, got {decoder_steps}")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise InputError(f"unknown --sampler {sampler!r}: use {' or '.join(SAMPLERS)}")
         if guidance is not None and not math.isfinite(guidance):
             raise InputError(f"--guidance must be a finite number, got {guidance}")
         if loudness is not None and (not math.isfinite(loudness) or not -70 <= loudness <= 0):
@@ -64,7 +69,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     t_load = time.perf_counter()
     try:
         pipe = Pipeline(model, engine=engine)
-        pipe.check_inputs(prompt, seconds, steps, guidance, seed)
+        pipe.check_inputs(prompt, seconds, steps, guidance, seed, decoder_steps)
     except (BundleError, EngineError, InputError) as e:
         return _err(str(e))
     load_s = time.perf_counter() - t_load
@@ -88,7 +93,8 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage)
+            audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage,
+                                  decoder_steps=decoder_steps, sampler=sampler)
     except (InputError, NonFiniteError, EngineError, BundleError) as e:
         return _err(str(e))
     except MemoryError:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .sampling import ddim_sample, linear_sigmas
+from .sampling import check_sampler, linear_sigmas, sample
 
 DecoderFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x [B,2,L], sigma [B], latent [B,C,L/hop]) -> v
 
@@ -150,11 +150,13 @@ class ChunkedDecoder:
 
     def stream(self, latent: np.ndarray, steps: int, noise: GlobalNoise | Sequence[GlobalNoise],
                out_samples: int | None = None,
-               on_step: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+               on_step: Callable[[], None] | None = None, sampler: str = "ddim") -> Iterator[np.ndarray]:
         """Yield consecutive audio blocks [B, channels, n] (float32, audio units) covering out_samples.
 
         `on_step()` runs after every denoising step of every chunk (progress; it may raise to cancel).
+        `sampler`: "ddim" or "dpmpp-2m" (mousai_runtime.sampling), run on every chunk.
         """
+        check_sampler(sampler)
         latent = np.asarray(latent, dtype=np.float32)
         b, _, t = latent.shape
         noises = [noise] * b if isinstance(noise, GlobalNoise) else list(noise)
@@ -177,8 +179,8 @@ class ChunkedDecoder:
             s, e = cs * hop, ce * hop
             lat = np.ascontiguousarray(latent[..., cs:ce])
             x = np.stack([nz.cut(s, e) for nz in noises])
-            y = ddim_sample(lambda xx, sg: self.model_fn(xx, sg, lat), x, sigmas, callback=callback,
-                            component="decoder")
+            y = sample(sampler, lambda xx, sg: self.model_fn(xx, sg, lat), x, sigmas, callback=callback,
+                       component="decoder")
             y *= np.float32(1.0 / self.audio_scale)
             parts = []
             if tail is not None:
@@ -197,13 +199,14 @@ class ChunkedDecoder:
             yield np.ascontiguousarray(block[..., :keep])
 
     def decode(self, latent: np.ndarray, steps: int, noise: GlobalNoise | Sequence[GlobalNoise],
-               out_samples: int | None = None, on_step: Callable[[], None] | None = None) -> np.ndarray:
+               out_samples: int | None = None, on_step: Callable[[], None] | None = None,
+               sampler: str = "ddim") -> np.ndarray:
         """The whole clip [B, channels, out_samples] (preallocated once; chunks are written into it)."""
         b, _, t = latent.shape
         total = t * self.hop if out_samples is None else int(out_samples)
         out = np.empty((b, self.channels, total), dtype=np.float32)
         pos = 0
-        for block in self.stream(latent, steps, noise, total, on_step):
+        for block in self.stream(latent, steps, noise, total, on_step, sampler):
             out[..., pos:pos + block.shape[-1]] = block
             pos += block.shape[-1]
         assert pos == total, (pos, total)

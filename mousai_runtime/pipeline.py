@@ -27,7 +27,7 @@ import numpy as np
 from .bundle import Bundle, BundleError
 from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
 from .engines import Engine, EngineError, make_engine
-from .sampling import ddim_sample, linear_sigmas
+from .sampling import SAMPLERS, linear_sigmas, sample
 from .stft import magnitude_stft
 from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedModel, check_window, plan_windows
 
@@ -210,6 +210,18 @@ class Pipeline:
             raise InputError(f"guidance must be a finite number, got {guidance!r}")
         return prompt, seconds, steps, float(guidance), _check_seed(seed), decoder_steps
 
+    def samplers(self, sampler: Any = None, decoder_sampler: Any = None) -> tuple[str, str]:
+        """(generator sampler, decoder sampler): the arguments, else the manifest's defaults.sampler /
+        defaults.decoder_sampler (missing = "ddim"). A `sampler` given without `decoder_sampler` sets both."""
+        b = self.bundle
+        gen = b.sampler if sampler is None else sampler
+        dec = decoder_sampler if decoder_sampler is not None else sampler if sampler is not None else \
+            b.decoder_sampler
+        for name, v in (("sampler", gen), ("decoder sampler", dec)):
+            if not isinstance(v, str) or v not in SAMPLERS:
+                raise InputError(f"{name} must be one of {', '.join(SAMPLERS)}, got {v!r}")
+        return gen, dec
+
     # ---------------------------------------------------------------------------------------------- models
     def _decoder_fn(self, x: np.ndarray, sigma: np.ndarray, latent: np.ndarray) -> np.ndarray:
         return self.engine.run("decoder", {"x": x, "sigma": sigma, "latent": latent})
@@ -233,7 +245,7 @@ class Pipeline:
         return steps * (1 if plan is None else -(-len(plan) // self.window_batch))
 
     def _generate_latent(self, prompt: str, frames: int, steps: int, guidance: float, seed: int,
-                         tracker: _Tracker) -> np.ndarray:
+                         tracker: _Tracker, sampler: str = "ddim") -> np.ndarray:
         tracker.start("text", 1)
         tracker.check()
         states, mask = self.text_states(prompt)
@@ -257,25 +269,29 @@ class Pipeline:
         plan = self.window_plan(frames)
         if plan is None:  # the whole latent in one call per step
             tracker.start("generator", steps)
-            z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
-                            component="generator")
+            z = sample(sampler, model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
+                       component="generator")
         else:  # overlapping windows, v combined with complementary raised-cosine weights, then one DDIM update
             windowed = WindowedModel(model_fn, plan, self.window_batch, on_call=lambda: tracker.step("generator"))
             tracker.start("generator", steps * windowed.calls_per_step)
-            z = ddim_sample(windowed, x, linear_sigmas(steps), component="generator")
+            z = sample(sampler, windowed, x, linear_sigmas(steps), component="generator")
         return np.ascontiguousarray(z[..., :frames])
 
     def generate_latent(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
-                        seed: int = 0, progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
+                        seed: int = 0, progress: ProgressFn | None = None, cancel: Any = None,
+                        sampler: str | None = None) -> np.ndarray:
         """The generator's latent [1, C, frames] for a clip of `seconds`."""
         prompt, seconds, steps, guidance, seed, _ = self.check_inputs(prompt, seconds, steps, guidance, seed)
+        sampler, _ = self.samplers(sampler)
         frames, _ = self.frames_for(seconds)
         tracker = _Tracker(1 + self.generator_calls(frames, steps), progress, None, cancel)
-        return self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
+        return self._generate_latent(prompt, frames, steps, guidance, seed, tracker, sampler)
 
     def decode(self, latent: np.ndarray, steps: int | None = None, seed: int = 0, samples: int | None = None,
-               progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
-        """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`)."""
+               progress: ProgressFn | None = None, cancel: Any = None, sampler: str | None = None) -> np.ndarray:
+        """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`; `sampler` default: the
+        manifest's defaults.decoder_sampler)."""
+        _, sampler = self.samplers(None, sampler)
         steps = _check_steps("decoder steps", self.bundle.defaults["decoder_steps"] if steps is None else steps)
         seed = _check_seed(seed)
         latent = np.asarray(latent, dtype=np.float32)
@@ -287,7 +303,7 @@ class Pipeline:
             raise InputError(f"samples must be an integer in [1, {latent.shape[2] * self.hop}], got {samples!r}")
         tracker = _Tracker(self.decoder.total_steps(latent.shape[-1], steps), progress, None, cancel)
         return self.decoder.decode(latent, steps, GlobalNoise(seed, self.bundle.channels), samples,
-                                   on_step=lambda: tracker.step("decoder"))[0]
+                                   on_step=lambda: tracker.step("decoder"), sampler=sampler)[0]
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """audio [2, L] (any L, audio units) -> latent [1, C, ceil(L / hop)] (the encoder's magnitude STFT in numpy)."""
@@ -306,30 +322,38 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- generation
     def stream(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
                seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
-               cancel: Any = None, stage_progress: StageFn | None = None) -> Iterator[np.ndarray]:
+               cancel: Any = None, stage_progress: StageFn | None = None, sampler: str | None = None,
+               decoder_sampler: str | None = None) -> Iterator[np.ndarray]:
         """Validate now, then yield float32 [2, n] audio blocks in order as each decoder chunk finishes.
 
+        `sampler` / `decoder_sampler` ("ddim" or "dpmpp-2m"; default: the manifest's defaults.sampler /
+        defaults.decoder_sampler) pick the generator's and the decoder's sampler.
         Raises Cancelled (from the iterator) within one denoising step of `cancel` being set.
         """
         prompt, seconds, steps, guidance, seed, dsteps = self.check_inputs(prompt, seconds, steps, guidance, seed,
                                                                            decoder_steps)
+        samplers = self.samplers(sampler, decoder_sampler)
         frames, samples = self.frames_for(seconds)
         dec_total = self.decoder.total_steps(frames, dsteps)
         tracker = _Tracker(1 + self.generator_calls(frames, steps) + dec_total, progress, stage_progress, cancel)
-        return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker)
+        return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker, samplers)
 
-    def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker) -> Iterator[np.ndarray]:
-        latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
+    def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker,
+                samplers=("ddim", "ddim")) -> Iterator[np.ndarray]:
+        latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker, samplers[0])
         tracker.start("decoder", dec_total)
         noise = GlobalNoise(seed, self.bundle.channels)
-        for block in self.decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder")):
+        for block in self.decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder"),
+                                         sampler=samplers[1]):
             yield block[0]
 
     def generate(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
-                 cancel: Any = None, stage_progress: StageFn | None = None) -> np.ndarray:
+                 cancel: Any = None, stage_progress: StageFn | None = None, sampler: str | None = None,
+                 decoder_sampler: str | None = None) -> np.ndarray:
         """The whole clip: float32 [2, round(seconds * sample_rate)] in [-1, 1]-ish audio units."""
-        it = self.stream(prompt, seconds, steps, guidance, seed, decoder_steps, progress, cancel, stage_progress)
+        it = self.stream(prompt, seconds, steps, guidance, seed, decoder_steps, progress, cancel, stage_progress,
+                         sampler, decoder_sampler)
         _, samples = self.frames_for(float(seconds))
         out = np.empty((self.bundle.channels, samples), dtype=np.float32)
         pos = 0

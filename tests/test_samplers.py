@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from test_runtime import tiny  # noqa: F401  (the shared tiny bundle fixture, cached under .pytest_cache)
 
 MU = np.array([0.3, -1.0, 2.0, 0.0, 0.7], dtype=np.float64)
 SD = np.array([0.5, 2.0, 0.1, 1.0, 1.5], dtype=np.float64)
@@ -137,3 +138,43 @@ def test_unknown_sampler_and_nonfinite():
 
     with pytest.raises(NonFiniteError, match=r"decoder at denoising step 2/4"):
         sample("dpmpp-2m", broken, np.ones((1, 2, 8), np.float32), linear_sigmas(4), component="decoder")
+
+
+# ------------------------------------------------------------------------------------------------- wiring
+
+
+def test_pipeline_sampler_choice_and_manifest_defaults(tiny, tmp_path):
+    """--sampler / defaults.sampler / defaults.decoder_sampler reach both stages; a missing sampler means ddim."""
+    from test_runtime import _copy_bundle, _edit_manifest
+
+    from mousai_runtime import Bundle, BundleError, Pipeline
+    from mousai_runtime.pipeline import InputError
+
+    pipe = Pipeline(tiny["bundle"], chunk_seconds=3.0, threads=1)
+    kw = dict(seconds=1.0, steps=4, decoder_steps=4, seed=3)
+    # the generator's sampler changes the latent (a random decoder barely reads it, so compare latents)
+    lat = {s: pipe.generate_latent("calm piano", 1.0, steps=4, seed=3, sampler=s) for s in ("ddim", "dpmpp-2m")}
+    assert np.abs(lat["ddim"] - lat["dpmpp-2m"]).max() > 1e-3
+    # the decoder's sampler changes the audio
+    dec = {s: pipe.decode(lat["ddim"], steps=4, seed=3, sampler=s) for s in ("ddim", "dpmpp-2m")}
+    assert np.isfinite(dec["dpmpp-2m"]).all() and np.abs(dec["ddim"] - dec["dpmpp-2m"]).max() > 1e-3
+    mixed = pipe.generate("calm piano", **kw, sampler="dpmpp-2m", decoder_sampler="ddim")
+    ddim = pipe.generate("calm piano", **kw, sampler="ddim")
+    assert np.abs(mixed - ddim).max() < 1e-5 < np.abs(pipe.generate("calm piano", **kw, sampler="dpmpp-2m")
+                                                        - ddim).max()
+    with pytest.raises(InputError, match="sampler must be one of ddim, dpmpp-2m"):
+        pipe.generate("calm piano", **kw, sampler="euler")
+
+    p = _copy_bundle(tiny, tmp_path)
+    _edit_manifest(p, lambda m: m["defaults"].update(sampler="dpmpp-2m", decoder_sampler="ddim"))
+    pm = Pipeline(p, chunk_seconds=3.0, threads=1)
+    assert np.array_equal(pm.generate_latent("calm piano", 1.0, steps=4, seed=3), lat["dpmpp-2m"])
+    assert np.array_equal(pm.decode(lat["ddim"], steps=4, seed=3), dec["ddim"])
+    assert np.array_equal(pm.generate("calm piano", **kw), mixed)
+    _edit_manifest(p, lambda m: (m["defaults"].pop("sampler"), m["defaults"].pop("decoder_sampler")))
+    b = Bundle.load(p)
+    assert b.sampler == b.decoder_sampler == "ddim"  # an older bundle
+    assert np.array_equal(Pipeline(p, chunk_seconds=3.0, threads=1).generate("calm piano", **kw), ddim)
+    _edit_manifest(p, lambda m: m["defaults"].update(decoder_sampler="heun"))
+    with pytest.raises(BundleError, match="defaults.decoder_sampler: this runtime implements sampler 'ddim' or"):
+        Bundle.load(p)
