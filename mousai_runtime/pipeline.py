@@ -100,11 +100,13 @@ class _Tracker:
 class Pipeline:
     def __init__(self, bundle_dir: str | os.PathLike = "engines/default", engine: str | Engine = "onnx",
                  providers: list[str] | str | None = None, threads: int | None = None, *,
-                 checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 10.0,
+                 checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 30.0,
                  text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
-                 overlap_frames: int | None = None, window_batch: int = 1):
+                 overlap_frames: int | None = None, window_batch: int = 1, balance_chunks: bool = True):
         """`window_frames` / `overlap_frames` (latent frames) override the manifest's generator windows (rounded up to
-        the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call."""
+        the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call.
+        `chunk_seconds` is the longest decoder chunk; `balance_chunks` decodes a clip in the fewest chunks that
+        long, shortened evenly (benchmarks/RESULTS.md: the overlaps are the only frames decoded twice)."""
         self.bundle = Bundle.load(bundle_dir, verify=verify)
         self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
         b = self.bundle
@@ -120,7 +122,7 @@ class Pipeline:
         chunk_frames = None if chunk_seconds is None else max(1, round(chunk_seconds * b.sample_rate / b.hop))
         self.decoder = ChunkedDecoder(self._decoder_fn, hop=b.hop, multiple_frames=b.decoder_multiple_frames,
                                       audio_scale=b.audio_scale, receptive_field=b.receptive_field,
-                                      channels=b.channels, chunk_frames=chunk_frames)
+                                      channels=b.channels, chunk_frames=chunk_frames, balance=balance_chunks)
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache

@@ -178,3 +178,35 @@ def test_pipeline_sampler_choice_and_manifest_defaults(tiny, tmp_path):
     _edit_manifest(p, lambda m: m["defaults"].update(decoder_sampler="heun"))
     with pytest.raises(BundleError, match="defaults.decoder_sampler: this runtime implements sampler 'ddim' or"):
         Bundle.load(p)
+
+
+@pytest.mark.parametrize("frames", [1, 40, 41, 100, 127, 300, 1001, 2813])
+def test_balanced_chunk_plan_covers_with_fewest_frames(frames):
+    from mousai_runtime.decode import plan_chunks
+
+    hop, mult, chunk, margin, fade = 16, 4, 40, 6, 3
+    fixed = plan_chunks(frames, hop, mult, chunk, margin, fade)
+    plan = plan_chunks(frames, hop, mult, chunk, margin, fade, balance=True)
+    assert len(plan.chunks) <= len(fixed.chunks)
+    starts = [s for s, _ in plan.chunks]
+    assert starts[0] == 0 and plan.chunks[-1][1] == plan.padded and starts == sorted(set(starts))
+    lengths = {e - s for s, e in plan.chunks}
+    assert len(lengths) == 1 and lengths.pop() % mult == 0 and plan.chunk_frames <= chunk
+    decoded = len(plan.chunks) * plan.chunk_frames
+    assert decoded <= len(fixed.chunks) * fixed.chunk_frames
+    overlap = 2 * margin + fade
+    # only the overlaps (plus < one length multiple per chunk of rounding) are decoded twice
+    assert decoded <= plan.padded + (len(plan.chunks) - 1) * overlap + len(plan.chunks) * mult
+    for i, (f0, fl) in enumerate(plan.fades):
+        (s0, e0), (s1, e1) = plan.chunks[i], plan.chunks[i + 1]
+        assert (s1 + margin) * hop <= f0 and f0 + fl <= (e0 - margin) * hop
+
+
+def test_balanced_chunk_plan_decodes_a_minute_in_a_quarter_fewer_frames():
+    from mousai_runtime.decode import plan_chunks
+
+    # the tiny bundle's decoder: hop 1024, multiple 4 frames, receptive field 69375 samples = 68 frames, fade 4
+    fixed = plan_chunks(2813, 1024, 4, 1408, 68, 4)  # 60 s in 30 s chunks
+    plan = plan_chunks(2813, 1024, 4, 1408, 68, 4, balance=True)
+    assert len(fixed.chunks) == len(plan.chunks) == 3
+    assert len(fixed.chunks) * fixed.chunk_frames == 4224 and len(plan.chunks) * plan.chunk_frames == 3096
