@@ -210,3 +210,12 @@ def test_balanced_chunk_plan_decodes_a_minute_in_a_quarter_fewer_frames():
     plan = plan_chunks(2813, 1024, 4, 1408, 68, 4, balance=True)
     assert len(fixed.chunks) == len(plan.chunks) == 3
     assert len(fixed.chunks) * fixed.chunk_frames == 4224 and len(plan.chunks) * plan.chunk_frames == 3096
+
+
+def test_shipped_step_defaults_are_at_least_as_accurate_as_the_previous_ddim_defaults():
+    """The exporter's defaults (2M, 20 + 7 steps) on the exact-Gaussian ODE vs DDIM 50 + 10 (the previous ones)."""
+    from mousai_export import bundle as bundle_mod
+
+    assert bundle_mod.DEFAULT_SAMPLER == bundle_mod.DEFAULT_DECODER_SAMPLER == "dpmpp-2m"
+    assert _err("dpmpp-2m", bundle_mod.DEFAULT_GENERATOR_STEPS) < _err("ddim", 50)
+    assert _err("dpmpp-2m", bundle_mod.DEFAULT_DECODER_STEPS) < _err("ddim", 10)
