@@ -175,3 +175,8 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 7) -> float:
 
 def prompt_text() -> str:
     return "warm lo-fi hip hop with soft piano and vinyl crackle"
+
+
+def run_child_code(code: str) -> str:
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return p.stdout.strip().splitlines()[-1]
