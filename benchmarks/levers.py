@@ -5,6 +5,7 @@
 Every lever runs against the shipped setting in one process, interleaved, after warm-up: medians, the ratio and
 the output's relative L2 error against the fp32 graph with the runtime's session options (speed only counts where the
 error is within what diffusion tolerates: the export bound is 1e-4 per step for fp32, 1e-2 for fp16).
+  - the exporter's exact rewrite of nearest up-sampling as Resize (vs the graph without it)
   - threads: 1, 2 (spinning), 2 (no spinning)
   - graph optimisation level: basic / extended / all (and the load time of a pre-optimised graph)
   - int8 dynamic quantisation (onnxruntime.quantization): MatMul only, MatMul + Conv
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=10.0, help="decoder chunk / generator window length")
     ap.add_argument("--openvino", default=None, help="folder with the openvino package (pip install --target)")
-    ap.add_argument("--only", default="threads,opt,int8,openvino")
+    ap.add_argument("--only", default="upsample,threads,opt,int8,openvino")
     a = ap.parse_args(argv)
     from mousai_runtime.bundle import Bundle
 
@@ -94,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         ref_sess = ort_session(path, 1)
         ref = ref_sess.run(None, feeds)[0]
         label = f"{comp} step ({list(feeds['x'].shape)})"
+        if "upsample" in only:
+            import onnx
+
+            from mousai_export.graph_opt import resize_to_expand
+
+            m = onnx.load(path)
+            n = resize_to_expand(m)
+            if n:
+                without = qdir / f"{comp}-expand.onnx"
+                onnx.save(m, str(without))
+                ss = {f"shipped ({n} x Resize)": ref_sess, "without the rewrite (Expand)": ort_session(str(without), 1)}
+                outs = {k: rel(s.run(None, feeds)[0], ref) for k, s in ss.items()}
+                rows += measure(label, {k: (lambda s=s: s.run(None, feeds)) for k, s in ss.items()}, ref, a.reps,
+                                outs)
         if "threads" in only:
             ss = {"1 thread": ref_sess, "2 threads": ort_session(path, 2),
                   "2 threads, no spinning": ort_session(path, 2, spin=False)}
