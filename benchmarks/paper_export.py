@@ -24,11 +24,12 @@ def build_models(seed: int = 0, which: tuple[str, ...] = ("generator", "decoder"
     from training.model.generator import Generator
 
     cfg = paper()
-    torch.manual_seed(seed)
     out = {"config": cfg}
     if "generator" in which:
+        torch.manual_seed(seed)  # each model from the same seed alone: the same weights whatever `which` holds
         out["generator"] = Generator(cfg.generator).eval()
     if "decoder" in which:
+        torch.manual_seed(seed)
         out["dmae"] = DMAE(cfg.dmae).eval()
     return out
 
