@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mode", choices=["generate", "stream-wav"], default="generate")
+    ap.add_argument("--chunk-seconds", type=float, default=None, help="longest decoder chunk (default: Pipeline's)")
     a = ap.parse_args(argv)
     from mousai_runtime import Pipeline
 
-    pipe = Pipeline(a.bundle, threads=a.threads)
+    pipe = Pipeline(a.bundle, threads=a.threads, **({"chunk_seconds": a.chunk_seconds} if a.chunk_seconds else {}))
     pipe.generate("warm-up", 1.0, seed=1)  # sessions allocated and touched once, as a long-running host would be
     loaded = peak_rss_mb()
     t0 = time.perf_counter()
