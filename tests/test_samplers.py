@@ -219,3 +219,25 @@ def test_shipped_step_defaults_are_at_least_as_accurate_as_the_previous_ddim_def
     assert bundle_mod.DEFAULT_SAMPLER == bundle_mod.DEFAULT_DECODER_SAMPLER == "dpmpp-2m"
     assert _err("dpmpp-2m", bundle_mod.DEFAULT_GENERATOR_STEPS) < _err("ddim", 50)
     assert _err("dpmpp-2m", bundle_mod.DEFAULT_DECODER_STEPS) < _err("ddim", 10)
+
+
+def test_cli_sampler_and_decoder_steps_options(tiny, tmp_path, capsys):
+    from mousai_runtime.cli_impl import generate_command
+
+    out = tmp_path / "a.wav"
+    assert generate_command("calm piano", str(out), seconds=1.0, sampler="euler", model=str(tiny["bundle"])) == 2
+    assert "unknown --sampler 'euler': use ddim or dpmpp-2m" in capsys.readouterr().err and not out.exists()
+    assert generate_command("calm piano", str(out), seconds=1.0, decoder_steps=0, model=str(tiny["bundle"])) == 2
+    assert "--decoder-steps must be >= 1" in capsys.readouterr().err and not out.exists()
+    assert generate_command("calm piano", str(out), seconds=1.0, steps=3, decoder_steps=2, sampler="ddim",
+                            model=str(tiny["bundle"])) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("load, want", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (9.5, 1)])
+def test_default_threads_are_the_idle_cores(monkeypatch, load, want):
+    from mousai_runtime import engines
+
+    monkeypatch.setattr(engines, "physical_cores", lambda: 2)
+    monkeypatch.setattr(engines.os, "getloadavg", lambda: (load, load, load))
+    assert engines.idle_cores() == want
