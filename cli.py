@@ -299,6 +299,10 @@ def generate(
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.wav or .flac)."),
     seconds: float = typer.Option(10.0, "--seconds", "-s", help="Length of the clip in seconds."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Generator denoising steps (default: bundle's)."),
+    decoder_steps: Optional[int] = typer.Option(None, "--decoder-steps", help="Decoder denoising steps "
+                                                "(default: bundle's)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or dpmpp-2m, for both stages "
+                                          "(default: bundle's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same music."),
     model: Path = typer.Option(DEFAULT_BUNDLE, "--model", help="Bundle folder (default: engines/default)."),
@@ -315,7 +319,7 @@ def generate(
     raise typer.Exit(generate_command(prompt=prompt, out=str(out), seconds=seconds, steps=steps, guidance=guidance,
                                       seed=seed, model=str(model), engine=engine, format=format, loudness=loudness,
                                       spectrogram=str(spectrogram) if spectrogram else None,
-                                      fp16_fallback=fp16_fallback))
+                                      fp16_fallback=fp16_fallback, decoder_steps=decoder_steps, sampler=sampler))
 
 
 @app.command()

@@ -3,8 +3,8 @@
 Every export uses the dynamo exporter (torch.onnx.export(dynamo=True)) at the requested opset (default 18; see
 /work/shared/notes/export-facts.md: opset 17 under dynamo does not load in ONNX Runtime) with example inputs of
 batch 2 (batch 1 gets specialised), dynamic batch and length axes, then renames the graph's dynamic axes to the
-contract's names (batch, frames, samples, stft_frames), refuses training-only ops, runs the ONNX checker and
-shape inference and writes the file. Models whose weights exceed 2 GB go to external data in one
+contract's names (batch, frames, samples, stft_frames), refuses training-only ops, applies the exact speed rewrites
+of graph_opt.py (nearest up-sampling as one Resize), runs the ONNX checker and shape inference and writes the file. Models whose weights exceed 2 GB go to external data in one
 "<name>.onnx.data" file beside the graph.
 
 The legacy TorchScript exporter is not used: it cannot trace the U-Net (layer_norm over a traced shape) and
@@ -228,6 +228,9 @@ def export_module(
         raise OnnxExportFailed(f"{path.name} contains training-only ops {bad}: export the model in eval mode")
     model.producer_name = "mousai_export"
     _rename_dims(model, axis_names)
+    from .graph_opt import optimize
+
+    optimize(model)  # exact rewrites for ONNX Runtime speed (nearest up-sampling as Resize)
     files = save_model(model, path)
     ins, outs = io_spec(model)
     return Exported(path, files, ins, outs, time.perf_counter() - t0)

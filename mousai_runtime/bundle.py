@@ -310,9 +310,15 @@ class Bundle:
                 except ValueError as e:
                     raise BundleError(f"generator_info: {e}")
         df = _obj(m, "defaults")
-        if df.get("sampler") != "ddim" or df.get("schedule") != "linear":
-            raise BundleError(f"defaults: this runtime implements sampler 'ddim' with schedule 'linear', "
-                              f"not {df.get('sampler')!r}/{df.get('schedule')!r}")
+        from .sampling import SAMPLERS, SCHEDULES
+
+        for key in ("sampler", "decoder_sampler"):  # missing sampler = "ddim" (older bundles); decoder_sampler = it
+            if key in df and df[key] not in SAMPLERS:
+                raise BundleError(f"defaults.{key}: this runtime implements sampler 'ddim' or 'dpmpp-2m' "
+                                  f"(schedule 'linear'), not {df[key]!r}")
+        if df.get("schedule", "linear") not in SCHEDULES:
+            raise BundleError(f"defaults: this runtime implements sampler 'ddim' or 'dpmpp-2m' with schedule "
+                              f"'linear', not {df.get('schedule')!r}")
         _int(df, "decoder_steps", "defaults")
         # an autoencoder bundle needs only the decoder's defaults; whatever else it has must still be well-formed
         need = kind == TEXT_TO_MUSIC
@@ -523,6 +529,16 @@ class Bundle:
     @property
     def defaults(self) -> dict:
         return self.manifest["defaults"]
+
+    @property
+    def sampler(self) -> str:
+        """The generator's default sampler (defaults.sampler; missing = "ddim", as every bundle before it existed)."""
+        return self.defaults.get("sampler", "ddim")
+
+    @property
+    def decoder_sampler(self) -> str:
+        """The decoder's default sampler (defaults.decoder_sampler; missing = defaults.sampler)."""
+        return self.defaults.get("decoder_sampler", self.sampler)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(key, value) rows for a readable table (`mousai info`)."""

@@ -30,13 +30,14 @@ def _seconds(s: float) -> str:
 def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Optional[int] = None,
                      guidance: Optional[float] = None, seed: int = 0, model: str = "engines/default",
                      engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
-                     spectrogram: Optional[str] = None, fp16_fallback: bool = False) -> int:
+                     spectrogram: Optional[str] = None, fp16_fallback: bool = False,
+                     decoder_steps: Optional[int] = None, sampler: Optional[str] = None) -> int:
     from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
         write_spectrogram
     from .bundle import BundleError
     from .engines import EngineError
     from .pipeline import MAX_GUIDANCE, MAX_STEPS, Cancelled, InputError, Pipeline, check_prompt
-    from .sampling import NonFiniteError
+    from .sampling import SAMPLERS, NonFiniteError
 
     # cheap checks first: nothing is loaded or written before all of these pass
     try:
@@ -45,6 +46,10 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
             raise InputError(f"--seconds must be a finite number > 0, got {seconds}")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
             raise InputError(f"--steps must be >= 1 and <= {MAX_STEPS}, got {steps}")
+        if decoder_steps is not None and not 1 <= decoder_steps <= MAX_STEPS:
+            raise InputError(f"--decoder-steps must be >= 1 and <= {MAX_STEPS}, got {decoder_steps}")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise InputError(f"unknown --sampler {sampler!r}: use {' or '.join(SAMPLERS)}")
         if guidance is not None and not math.isfinite(guidance):
             raise InputError(f"--guidance must be a finite number, got {guidance}")
         if guidance is not None and abs(guidance) > MAX_GUIDANCE:
@@ -65,7 +70,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     t_load = time.perf_counter()
     try:
         pipe = Pipeline(model, engine=engine, fp16_fallback=fp16_fallback)
-        pipe.check_inputs(prompt, seconds, steps, guidance, seed)
+        pipe.check_inputs(prompt, seconds, steps, guidance, seed, decoder_steps)
     except (BundleError, EngineError, InputError) as e:
         return _err(str(e))
     load_s = time.perf_counter() - t_load
@@ -89,7 +94,8 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage)
+            audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage,
+                                  decoder_steps=decoder_steps, sampler=sampler)
     except (InputError, NonFiniteError, EngineError, BundleError) as e:
         return _err(str(e))
     except MemoryError:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .sampling import ddim_sample, linear_sigmas
+from .sampling import check_sampler, linear_sigmas, sample
 
 DecoderFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x [B,2,L], sigma [B], latent [B,C,L/hop]) -> v
 
@@ -89,8 +89,14 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def plan_chunks(frames: int, hop: int, multiple: int, chunk: int | None, margin: int, fade: int) -> Plan:
-    """Windows over `frames` latent frames; `multiple`, `chunk`, `margin`, `fade` in latent frames."""
+def plan_chunks(frames: int, hop: int, multiple: int, chunk: int | None, margin: int, fade: int,
+                balance: bool = False) -> Plan:
+    """Windows over `frames` latent frames; `multiple`, `chunk`, `margin`, `fade` in latent frames.
+
+    `balance`: `chunk` is the largest chunk; use the fewest chunks that cover the latent and make them as short as
+    that allows (so the frames decoded twice are the unavoidable overlaps only, not a last chunk that mostly
+    repeats its neighbour). Without it every chunk is `chunk` frames long.
+    """
     if frames < 1:
         raise ValueError("cannot decode an empty latent")
     padded = round_up(frames, multiple)
@@ -103,6 +109,11 @@ def plan_chunks(frames: int, hop: int, multiple: int, chunk: int | None, margin:
     if stride < 1:
         raise ValueError(f"chunk of {chunk} frames is too small for the overlap of {overlap} frames "
                          f"(2 x margin {margin} + fade {fade})")
+    if balance:  # n chunks of c frames cover n c - (n - 1) overlap frames
+        n = -(-(padded - overlap) // stride)
+        chunk = max(round_up(-(-(padded + (n - 1) * overlap) // n), multiple),
+                    round_up(overlap + multiple, multiple))
+        stride = chunk - overlap
     starts = [0]
     while starts[-1] + chunk < padded:
         nxt = starts[-1] + stride
@@ -130,8 +141,10 @@ class ChunkedDecoder:
 
     def __init__(self, model_fn: DecoderFn, hop: int, multiple_frames: int, audio_scale: float = 1.0,
                  receptive_field: int = 0, channels: int = 2, chunk_frames: int | None = 512,
-                 margin_frames: int | None = None, fade_frames: int | None = None):
+                 margin_frames: int | None = None, fade_frames: int | None = None, balance: bool = False):
+        """`chunk_frames`: the chunk length (with `balance`: the largest; the fewest chunks, evenly shortened)."""
         self.model_fn, self.hop, self.multiple = model_fn, hop, multiple_frames
+        self.balance = bool(balance)
         self.audio_scale, self.channels = float(audio_scale), channels
         self.margin = math.ceil(receptive_field / hop) if margin_frames is None else int(margin_frames)
         self.fade = max(1, multiple_frames) if fade_frames is None else int(fade_frames)
@@ -143,18 +156,20 @@ class ChunkedDecoder:
         self.chunk_frames = chunk_frames
 
     def plan(self, frames: int) -> Plan:
-        return plan_chunks(frames, self.hop, self.multiple, self.chunk_frames, self.margin, self.fade)
+        return plan_chunks(frames, self.hop, self.multiple, self.chunk_frames, self.margin, self.fade, self.balance)
 
     def total_steps(self, frames: int, steps: int) -> int:
         return len(self.plan(frames).chunks) * steps
 
     def stream(self, latent: np.ndarray, steps: int, noise: GlobalNoise | Sequence[GlobalNoise],
                out_samples: int | None = None,
-               on_step: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+               on_step: Callable[[], None] | None = None, sampler: str = "ddim") -> Iterator[np.ndarray]:
         """Yield consecutive audio blocks [B, channels, n] (float32, audio units) covering out_samples.
 
         `on_step()` runs after every denoising step of every chunk (progress; it may raise to cancel).
+        `sampler`: "ddim" or "dpmpp-2m" (mousai_runtime.sampling), run on every chunk.
         """
+        check_sampler(sampler)
         latent = np.asarray(latent, dtype=np.float32)
         b, _, t = latent.shape
         noises = [noise] * b if isinstance(noise, GlobalNoise) else list(noise)
@@ -177,8 +192,8 @@ class ChunkedDecoder:
             s, e = cs * hop, ce * hop
             lat = np.ascontiguousarray(latent[..., cs:ce])
             x = np.stack([nz.cut(s, e) for nz in noises])
-            y = ddim_sample(lambda xx, sg: self.model_fn(xx, sg, lat), x, sigmas, callback=callback,
-                            component="decoder")
+            y = sample(sampler, lambda xx, sg: self.model_fn(xx, sg, lat), x, sigmas, callback=callback,
+                       component="decoder")
             y *= np.float32(1.0 / self.audio_scale)
             parts = []
             if tail is not None:
@@ -197,13 +212,14 @@ class ChunkedDecoder:
             yield np.ascontiguousarray(block[..., :keep])
 
     def decode(self, latent: np.ndarray, steps: int, noise: GlobalNoise | Sequence[GlobalNoise],
-               out_samples: int | None = None, on_step: Callable[[], None] | None = None) -> np.ndarray:
+               out_samples: int | None = None, on_step: Callable[[], None] | None = None,
+               sampler: str = "ddim") -> np.ndarray:
         """The whole clip [B, channels, out_samples] (preallocated once; chunks are written into it)."""
         b, _, t = latent.shape
         total = t * self.hop if out_samples is None else int(out_samples)
         out = np.empty((b, self.channels, total), dtype=np.float32)
         pos = 0
-        for block in self.stream(latent, steps, noise, total, on_step):
+        for block in self.stream(latent, steps, noise, total, on_step, sampler):
             out[..., pos:pos + block.shape[-1]] = block
             pos += block.shape[-1]
         assert pos == total, (pos, total)

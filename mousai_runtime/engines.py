@@ -53,6 +53,18 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def idle_cores() -> int:
+    """Physical cores not already busy with other work: physical_cores() minus the 1-minute load average (rounded),
+    at least 1. On a shared machine, intra-op threads beyond the idle cores cost far more than they bring
+    (benchmarks/RESULTS.md, levers: 2 threads beside a busy core ran a step 2x slower than 1 thread)."""
+    n = physical_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return n
+    return max(1, min(n, int(n - load + 0.5)))
+
+
 class Engine:
     """Base: `run(component, inputs) -> first output` and a description of what really runs."""
 
@@ -119,7 +131,7 @@ class OrtEngine(Engine):
         self.requested = resolve_providers(providers)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise EngineError(f"threads must be an integer >= 1, got {threads!r}")
-        self.threads = threads or physical_cores()
+        self.threads = threads or idle_cores()  # None: the cores not busy with other work at creation
         self.spinning = spinning
         self.log_severity = log_severity
         self._sessions: dict[str, Any] = {}

@@ -30,7 +30,7 @@ from . import faults
 from .bundle import Bundle, BundleError
 from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
 from .engines import Engine, EngineError, make_engine
-from .sampling import NonFiniteError, ddim_sample, linear_sigmas
+from .sampling import SAMPLERS, NonFiniteError, linear_sigmas, sample
 from .stft import magnitude_stft
 from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedModel, check_window, plan_windows
 
@@ -136,11 +136,14 @@ class _Tracker:
 class Pipeline:
     def __init__(self, bundle_dir: str | os.PathLike = "engines/default", engine: str | Engine = "onnx",
                  providers: list[str] | str | None = None, threads: int | None = None, *,
-                 checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 10.0,
+                 checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 30.0,
                  text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
-                 overlap_frames: int | None = None, window_batch: int = 1, fp16_fallback: bool = False):
+                 overlap_frames: int | None = None, window_batch: int = 1, balance_chunks: bool = True,
+                 fp16_fallback: bool = False):
         """`window_frames` / `overlap_frames` (latent frames) override the manifest's generator windows (rounded up to
         the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call.
+        `chunk_seconds` is the longest decoder chunk; `balance_chunks` decodes a clip in the fewest chunks that
+        long, shortened evenly (benchmarks/RESULTS.md: the overlaps are the only frames decoded twice).
 
         `fp16_fallback`: with an fp16 bundle exported with `--fp16 --fp16-fallback` (models.*.fp32_file), a model
         call whose fp16 output holds NaN/inf is run again with that component's fp32 graph, which then serves the
@@ -178,7 +181,7 @@ class Pipeline:
         chunk_frames = None if chunk_seconds is None else max(1, round(chunk_seconds * b.sample_rate / b.hop))
         self.decoder = ChunkedDecoder(self._decoder_fn, hop=b.hop, multiple_frames=b.decoder_multiple_frames,
                                       audio_scale=b.audio_scale, receptive_field=b.receptive_field,
-                                      channels=b.channels, chunk_frames=chunk_frames)
+                                      channels=b.channels, chunk_frames=chunk_frames, balance=balance_chunks)
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache
@@ -291,6 +294,18 @@ class Pipeline:
             raise InputError(f"guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance!r}")
         return prompt, seconds, steps, float(guidance), _check_seed(seed), decoder_steps
 
+    def samplers(self, sampler: Any = None, decoder_sampler: Any = None) -> tuple[str, str]:
+        """(generator sampler, decoder sampler): the arguments, else the manifest's defaults.sampler /
+        defaults.decoder_sampler (missing = "ddim"). A `sampler` given without `decoder_sampler` sets both."""
+        b = self.bundle
+        gen = b.sampler if sampler is None else sampler
+        dec = decoder_sampler if decoder_sampler is not None else sampler if sampler is not None else \
+            b.decoder_sampler
+        for name, v in (("sampler", gen), ("decoder sampler", dec)):
+            if not isinstance(v, str) or v not in SAMPLERS:
+                raise InputError(f"{name} must be one of {', '.join(SAMPLERS)}, got {v!r}")
+        return gen, dec
+
     # ---------------------------------------------------------------------------------------------- models
     def _decoder_fn(self, x: np.ndarray, sigma: np.ndarray, latent: np.ndarray) -> np.ndarray:
         return self._run("decoder", {"x": x, "sigma": sigma, "latent": latent})
@@ -322,7 +337,7 @@ class Pipeline:
         return steps * (1 if plan is None else -(-len(plan) // self.window_batch))
 
     def _generate_latent(self, prompt: str, frames: int, steps: int, guidance: float, seed: int,
-                         tracker: _Tracker) -> np.ndarray:
+                         tracker: _Tracker, sampler: str = "ddim") -> np.ndarray:
         tracker.start("text", 1)
         tracker.check()
         states, mask = self.text_states(prompt, tracker)
@@ -348,25 +363,29 @@ class Pipeline:
         tracker.where["generator"] = lambda i: f"at denoising step {i // per_step + 1}/{steps}"
         if plan is None:  # the whole latent in one call per step
             tracker.start("generator", steps)
-            z = ddim_sample(model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
-                            component="generator")
+            z = sample(sampler, model_fn, x, linear_sigmas(steps), callback=lambda i, _: tracker.step("generator"),
+                       component="generator")
         else:  # overlapping windows, v combined with complementary raised-cosine weights, then one DDIM update
             windowed = WindowedModel(model_fn, plan, self.window_batch, on_call=lambda: tracker.step("generator"))
             tracker.start("generator", steps * windowed.calls_per_step)
-            z = ddim_sample(windowed, x, linear_sigmas(steps), component="generator")
+            z = sample(sampler, windowed, x, linear_sigmas(steps), component="generator")
         return np.ascontiguousarray(z[..., :frames])
 
     def generate_latent(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
-                        seed: int = 0, progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
+                        seed: int = 0, progress: ProgressFn | None = None, cancel: Any = None,
+                        sampler: str | None = None) -> np.ndarray:
         """The generator's latent [1, C, frames] for a clip of `seconds`."""
         prompt, seconds, steps, guidance, seed, _ = self.check_inputs(prompt, seconds, steps, guidance, seed)
+        sampler, _ = self.samplers(sampler)
         frames, _ = self.frames_for(seconds)
         tracker = _Tracker(1 + self.generator_calls(frames, steps), progress, None, cancel)
-        return self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
+        return self._generate_latent(prompt, frames, steps, guidance, seed, tracker, sampler)
 
     def decode(self, latent: np.ndarray, steps: int | None = None, seed: int = 0, samples: int | None = None,
-               progress: ProgressFn | None = None, cancel: Any = None) -> np.ndarray:
-        """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`)."""
+               progress: ProgressFn | None = None, cancel: Any = None, sampler: str | None = None) -> np.ndarray:
+        """latent [1, C, T] -> audio [2, samples or T * hop] (chunked, noise from `seed`; `sampler` default: the
+        manifest's defaults.decoder_sampler)."""
+        _, sampler = self.samplers(None, sampler)
         steps = _check_steps("decoder steps", self.bundle.defaults["decoder_steps"] if steps is None else steps)
         seed = _check_seed(seed)
         latent = _float_array(latent, "latent")
@@ -381,7 +400,8 @@ class Pipeline:
             raise InputError(f"samples must be an integer in [1, {latent.shape[2] * self.hop}], got {samples!r}")
         tracker = _Tracker(self.decoder.total_steps(latent.shape[-1], steps), progress, None, cancel)
         return self._decoder_for(tracker, steps).decode(latent, steps, GlobalNoise(seed, self.bundle.channels),
-                                                        samples, on_step=lambda: tracker.step("decoder"))[0]
+                                                        samples, on_step=lambda: tracker.step("decoder"),
+                                                        sampler=sampler)[0]
 
     def _check_length(self, samples: int, what: str) -> None:
         top = self.bundle.defaults.get("max_seconds")
@@ -413,31 +433,39 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- generation
     def stream(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
                seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
-               cancel: Any = None, stage_progress: StageFn | None = None) -> Iterator[np.ndarray]:
+               cancel: Any = None, stage_progress: StageFn | None = None, sampler: str | None = None,
+               decoder_sampler: str | None = None) -> Iterator[np.ndarray]:
         """Validate now, then yield float32 [2, n] audio blocks in order as each decoder chunk finishes.
 
+        `sampler` / `decoder_sampler` ("ddim" or "dpmpp-2m"; default: the manifest's defaults.sampler /
+        defaults.decoder_sampler) pick the generator's and the decoder's sampler.
         Raises Cancelled (from the iterator) within one denoising step of `cancel` being set.
         """
         prompt, seconds, steps, guidance, seed, dsteps = self.check_inputs(prompt, seconds, steps, guidance, seed,
                                                                            decoder_steps)
+        samplers = self.samplers(sampler, decoder_sampler)
         frames, samples = self.frames_for(seconds)
         dec_total = self.decoder.total_steps(frames, dsteps)
         tracker = _Tracker(1 + self.generator_calls(frames, steps) + dec_total, progress, stage_progress, cancel)
-        return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker)
+        return self._stream(prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker, samplers)
 
-    def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker) -> Iterator[np.ndarray]:
-        latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker)
+    def _stream(self, prompt, frames, samples, steps, guidance, seed, dsteps, dec_total, tracker,
+                samplers=("ddim", "ddim")) -> Iterator[np.ndarray]:
+        latent = self._generate_latent(prompt, frames, steps, guidance, seed, tracker, samplers[0])
         tracker.start("decoder", dec_total)
         noise = GlobalNoise(seed, self.bundle.channels)
         decoder = self._decoder_for(tracker, dsteps)
-        for block in decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder")):
+        for block in decoder.stream(latent, dsteps, noise, samples, on_step=lambda: tracker.step("decoder"),
+                                    sampler=samplers[1]):
             yield block[0]
 
     def generate(self, prompt: str, seconds: float, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, progress: ProgressFn | None = None,
-                 cancel: Any = None, stage_progress: StageFn | None = None) -> np.ndarray:
+                 cancel: Any = None, stage_progress: StageFn | None = None, sampler: str | None = None,
+                 decoder_sampler: str | None = None) -> np.ndarray:
         """The whole clip: float32 [2, round(seconds * sample_rate)] in [-1, 1]-ish audio units."""
-        it = self.stream(prompt, seconds, steps, guidance, seed, decoder_steps, progress, cancel, stage_progress)
+        it = self.stream(prompt, seconds, steps, guidance, seed, decoder_steps, progress, cancel, stage_progress,
+                         sampler, decoder_sampler)
         _, samples = self.frames_for(float(seconds))
         out = np.empty((self.bundle.channels, samples), dtype=np.float32)
         pos = 0

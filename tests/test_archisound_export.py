@@ -88,7 +88,9 @@ def test_manifest_is_an_autoencoder_bundle(bundle, checkpoint):
     assert m["audio"] == {"sample_rate": 48000, "channels": 2, "audio_scale": 1.0}
     assert m["latent"] == {"channels": 32, "hop": 1024}
     assert m["stft"]["center"] is True and m["stft"]["n_fft"] == 1023 and m["stft"]["hop"] == 256
-    assert m["defaults"] == {"sampler": "ddim", "schedule": "linear", "decoder_steps": 10, "max_seconds": 3600.0}
+    assert m["defaults"] == {"sampler": bundle_mod.DEFAULT_SAMPLER, "decoder_sampler": bundle_mod.DEFAULT_DECODER_SAMPLER,
+                             "schedule": "linear", "decoder_steps": bundle_mod.DEFAULT_DECODER_STEPS,
+                             "max_seconds": 3600.0}
     d = m["decoder_info"]
     assert d["length_multiple"] == 4096 and d["downsampling"] == [64, 1, 2, 2, 2, 2, 2, 2]
     rf = bundle_mod.receptive_field(config.dmae)  # no attention in the reference decoder: analytic and finite

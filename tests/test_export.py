@@ -99,7 +99,9 @@ def test_bundle_files_and_manifest_match_contract(bundle, checkpoint):
     assert m["decoder_info"]["downsampling"] == [64, 1, 2, 2, 2, 2]
     assert m["decoder_info"]["receptive_field"] == bundle_mod.receptive_field(c.dmae) > 0
     assert m["generator_info"] == {"length_multiple": 2}
-    assert m["defaults"] == {"sampler": "ddim", "schedule": "linear", "generator_steps": 50, "decoder_steps": 10,
+    assert m["defaults"] == {"sampler": bundle_mod.DEFAULT_SAMPLER, "decoder_sampler": bundle_mod.DEFAULT_DECODER_SAMPLER,
+                             "schedule": "linear", "generator_steps": bundle_mod.DEFAULT_GENERATOR_STEPS,
+                             "decoder_steps": bundle_mod.DEFAULT_DECODER_STEPS,
                              "guidance": 3.0, "seconds": 10.0, "max_seconds": 3600.0}
     f, i64 = "float32", "int64"
     assert m["models"] == {
