@@ -53,7 +53,7 @@ SECTION_KEYS = {
     "text": {"max_length", "features", "tokenizer", "pad_id"},
     "decoder_info": {"length_multiple", "receptive_field", "receptive_field_method", "downsampling"},
     "generator_info": {"length_multiple", "window_frames", "overlap_frames"},
-    "defaults": {"sampler", "schedule", "generator_steps", "decoder_steps", "guidance", "seconds", "max_seconds"},
+    "defaults": {"sampler", "decoder_sampler", "schedule", "generator_steps", "decoder_steps", "guidance", "seconds", "max_seconds"},
 }
 MODEL_KEYS = {"file", "inputs", "outputs", "fp32_file"}
 TENSOR_KEYS = {"name", "dtype", "shape"}

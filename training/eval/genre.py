@@ -95,7 +95,7 @@ def corpus_tracks(corpus: str | Path, split: str, genres: Sequence[str],
             key = hashlib.sha256(f"{t.rel}:{st.st_size}:{st.st_mtime_ns}:{N_MELS}:{N_FFT}:{HOP}".encode()).hexdigest()
             f = Path(cache) / f"{key[:32]}.npy"
             if f.is_file():
-                feats = np.load(f)
+                feats = np.load(f, allow_pickle=False)
         if feats is None:
             feats = clip_features(load_audio(t.path, SR)).astype(np.float16)
             if cache is not None:
