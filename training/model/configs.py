@@ -232,7 +232,9 @@ def tiny() -> ModelConfig:
     )
     gen = UNetConfig(
         in_channels=32,
-        channels=[128, 256, 256, 256],
+        # 8.2M parameters (was 11.6M with 256 channels below level 0): the default bundle and checkpoint must fit in
+        # 120 MB together, and a guided 10 s step took 178 ms (eager, 1 thread) vs 140 ms now
+        channels=[128, 192, 192, 192],
         factors=[1, 2, 2, 2],
         items=[1, 2, 2, 2],
         attentions=[0, 1, 1, 1],
