@@ -58,17 +58,19 @@ def hang():
     time.sleep(600)
 
 
-if where == "denoising":  # the 2nd DDIM step of the generator
+if where == "denoising":  # the 2nd denoising step of the generator, whichever sampler the bundle names
     import mousai_runtime.sampling as S
-    real_step, calls = S.ddim_step, [0]
+    calls = [0]
 
-    def ddim_step(*a, **k):
-        calls[0] += 1
-        if calls[0] == 2:
-            hang()
-        return real_step(*a, **k)
+    def hang_on_second(real):
+        def step(*a, **k):
+            calls[0] += 1
+            if calls[0] == 2:
+                hang()
+            return real(*a, **k)
+        return step
 
-    S.ddim_step = ddim_step
+    S.ddim_step, S.dpmpp_2m_step = hang_on_second(S.ddim_step), hang_on_second(S.dpmpp_2m_step)
 elif where in ("audio_write", "audio_write_named_temp"):  # after the first block is in the file
     import soundfile as sf
     if where == "audio_write_named_temp":  # as on a file system without O_TMPFILE
