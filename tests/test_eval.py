@@ -90,6 +90,28 @@ def test_classifier_trains_exports_and_runs_in_onnxruntime(tmp_path):
     assert np.allclose(p.sum(1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="shorter than"):
         clf.classify_audio([tone(2.0)])
+
+    # the decoder ceiling: a perfect round trip keeps the real accuracy, one that swaps the spectrum loses it
+    from training.eval.reconstruction import Clip
+    from training.eval.report import decoder_ceiling
+
+    class RoundTrip:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def encode(self, audio):
+            return audio
+
+        def decode(self, z, steps, seed, samples):
+            return self.fn(z)
+
+    clips = [Clip("lo", "low", tone(6.0, 140, seed=7)), Clip("hi", "high", tone(6.0, 2300, seed=7)),
+             Clip("other", "unlisted", tone(6.0, 500, seed=7))]
+    perfect = decoder_ceiling(RoundTrip(lambda a: a), clf, clips, steps=7)
+    assert perfect == {"clips": 2, "steps": 7, "genres": 2, "real_accuracy": 1.0, "reconstructed_accuracy": 1.0}
+    swapped = decoder_ceiling(RoundTrip(lambda a: tone(6.0, 2300 if a is clips[0].audio else 140, seed=3)),
+                              clf, clips, steps=7)
+    assert swapped["real_accuracy"] == 1.0 and swapped["reconstructed_accuracy"] == 0.0
     doc = json.loads((tmp_path / "clf" / "labels.json").read_text())
     doc["version"] = 2
     (tmp_path / "clf" / "labels.json").write_text(json.dumps(doc))

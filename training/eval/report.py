@@ -80,6 +80,21 @@ def text_relevance(pipe: Any, clf: G.GenreClassifier, prompts: dict[str, list[st
             "rtf": wall / audio_s, "chance": 1.0 / len(prompts)}
 
 
+def decoder_ceiling(pipe: Any, clf: G.GenreClassifier, clips: Sequence[R.Clip], steps: int) -> dict:
+    """Genre accuracy on real held-out clips and on their decode(encode(x)): generated audio passes through the same
+    decoder, so the second figure bounds what any generator can score with this DMAE."""
+    keep = [c for c in clips if c.genre in clf.genres]
+    if not keep:
+        return {"clips": 0}
+    rec = [pipe.decode(pipe.encode(c.audio), steps=steps, seed=i, samples=c.audio.shape[1]) for i, c in enumerate(keep)]
+    p_real, _ = clf.classify_audio([c.audio for c in keep])
+    p_rec, _ = clf.classify_audio(rec)
+    truth = np.array([clf.genres.index(c.genre) for c in keep])
+    return {"clips": len(keep), "steps": steps, "genres": len({c.genre for c in keep}),
+            "real_accuracy": float(np.mean(p_real.argmax(1) == truth)),
+            "reconstructed_accuracy": float(np.mean(p_rec.argmax(1) == truth))}
+
+
 def real_embeddings(corpus: str | Path, clf: G.GenreClassifier, genres: Sequence[str], seconds: float = 10.0,
                     per_track: int = 4) -> np.ndarray:
     """Embeddings of real 10 s clips: the held-out recordings and new-seed MIDI (never trained on)."""
@@ -125,6 +140,8 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
                                   clips, steps=steps, progress=log)
     doc["reconstruction"] = {"clips": len(clips), "clips_sha256": R.clips_sha256(clips),
                              "rows": [r.__dict__ for r in rows]}
+    ceiling_clips = R.holdout_clips(corpus, seconds=G.CLIP_SECONDS, per_track=recon_per_track, real_only=False)
+    doc["decoder_ceiling"] = decoder_ceiling(pipe, clf, ceiling_clips, int(pipe.bundle.defaults["decoder_steps"]))
     # text relevance, FD, diversity
     prompts = genre_prompts(corpus, genres)
     rel = text_relevance(pipe, clf, prompts, seeds=seeds, seconds=seconds, log=log, **generate_kw)
@@ -144,6 +161,14 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
 
     atomic_dir(Path(out_dir), write)
     return doc
+
+
+def _ceiling_lines(c: dict | None) -> list[str]:
+    if not c or not c.get("clips"):
+        return []
+    return [f"Decoder ceiling: on {c['clips']} real held-out clips ({c['genres']} genres) the classifier scores "
+            f"{c['real_accuracy']:.3f}; on the same clips after decode(encode(x)) at {c['steps']} decoder steps, "
+            f"{c['reconstructed_accuracy']:.3f}. Generated clips go through that decoder too.", ""]
 
 
 def _sha(path: Path) -> str:
@@ -169,6 +194,7 @@ def format_report(doc: dict) -> str:
            f"Genre accuracy **{t['accuracy']:.3f}** (chance {t['chance']:.3f}); generation RTF {t['rtf']:.3f}. "
            f"The classifier's own held-out accuracy on real/unseen clips: "
            f"{doc['classifier'].get('val_accuracy', float('nan')):.3f}.", "",
+           *_ceiling_lines(doc.get("decoder_ceiling")),
            _md_table(["genre", "accuracy", "prompts"],
                      [[g, f"{a:.2f}", "; ".join(sorted({r['prompt'] for r in t['rows'] if r['genre'] == g}))]
                       for g, a in t["per_genre"].items()]), "",
