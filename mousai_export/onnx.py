@@ -171,9 +171,23 @@ def io_spec(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[str
     return [one(v) for v in model.graph.input if v.name not in inits], [one(v) for v in model.graph.output]
 
 
+def strip_debug_metadata(model: onnx.ModelProto) -> int:
+    """Drop the exporter's per-node debug records (torch stack traces, FX node text: ~1.5 MB in the tiny
+    generator, 8 % of its file); ONNX Runtime never reads them. Returns the bytes removed."""
+    removed = 0
+    for graph in [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.HasField("g")]:
+        for node in graph.node:
+            removed += sum(len(p.key) + len(p.value) for p in node.metadata_props) + len(node.doc_string)
+            del node.metadata_props[:]
+            node.doc_string = ""
+    return removed
+
+
 def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Write the graph (external data in one '<name>.onnx.data' file above the 2 GB limit); check; infer shapes."""
+    """Write the graph without debug metadata (external data in one '<name>.onnx.data' file above the 2 GB limit);
+    check; infer shapes."""
     path = Path(path)
+    strip_debug_metadata(model)
     external = _weights_bytes(model) > EXTERNAL_DATA_LIMIT
     files = [path.name]
     if external:

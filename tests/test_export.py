@@ -136,6 +136,8 @@ def test_graphs_pass_checker_and_hold_no_training_ops(bundle):
         onnx.checker.check_model(model, full_check=True)
         assert model.opset_import[0].version == 18 or any(o.version == 18 for o in model.opset_import if o.domain == "")
         assert not {n.op_type for n in model.graph.node} & {"Dropout", "BatchNormalization"}
+        # the exporter's per-node debug records (stack traces, FX text) are not shipped
+        assert not any(n.metadata_props or n.doc_string for n in model.graph.node), name
 
 
 def test_runtime_loader_accepts_the_bundle(bundle):
