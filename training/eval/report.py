@@ -135,13 +135,14 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
     # reconstruction
     clips = R.holdout_clips(corpus, seconds=recon_seconds, per_track=recon_per_track)
     log(f"reconstruction: {len(clips)} held-out clips of {recon_seconds} s")
-    steps = sorted(set(recon_steps) | {int(pipe.bundle.defaults["decoder_steps"])})
+    decoder_steps = int(generate_kw.get("decoder_steps") or pipe.bundle.defaults["decoder_steps"])
+    steps = sorted(set(recon_steps) | {decoder_steps})
     rows = R.reconstruction_table(lambda a, s, i: pipe.decode(pipe.encode(a), steps=s, seed=i, samples=a.shape[1]),
                                   clips, steps=steps, progress=log)
     doc["reconstruction"] = {"clips": len(clips), "clips_sha256": R.clips_sha256(clips),
                              "rows": [r.__dict__ for r in rows]}
     ceiling_clips = R.holdout_clips(corpus, seconds=G.CLIP_SECONDS, per_track=recon_per_track, real_only=False)
-    doc["decoder_ceiling"] = decoder_ceiling(pipe, clf, ceiling_clips, int(pipe.bundle.defaults["decoder_steps"]))
+    doc["decoder_ceiling"] = decoder_ceiling(pipe, clf, ceiling_clips, decoder_steps)
     # text relevance, FD, diversity
     prompts = genre_prompts(corpus, genres)
     rel = text_relevance(pipe, clf, prompts, seeds=seeds, seconds=seconds, log=log, **generate_kw)
@@ -174,7 +175,7 @@ def _ceiling_lines(c: dict | None) -> list[str]:
 def _sha(path: Path) -> str:
     from mousai_runtime.bundle import sha256_file
 
-    return sha256_file(path)
+    return sha256_file(path)[0]
 
 
 def format_report(doc: dict) -> str:
