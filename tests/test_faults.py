@@ -161,11 +161,9 @@ def test_sigkill_during_generate_leaves_no_partial_file(tiny, tmp_path, where): 
     assert tree(out) == ["x.wav"]
 
 
-@pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
-def test_sigkill_during_export_leaves_no_bundle_or_the_previous_one(tiny, tmp_path, previous):  # noqa: F811
-    from mousai_runtime import Bundle
-    from training.checkpoint import atomic_dir
-
+def export_target(tiny, tmp_path, previous: bool):
+    """A checkpoint to export and the bundle folder it goes to, holding a previous bundle (hard links) if asked;
+    returns (checkpoint, engines dir, bundle dir, the previous bundle's bytes or None)."""
     ck = autoencoder_checkpoint(tiny, tmp_path / "ck")
     engines = tmp_path / "engines"
     engines.mkdir()
@@ -173,6 +171,15 @@ def test_sigkill_during_export_leaves_no_bundle_or_the_previous_one(tiny, tmp_pa
     if previous:
         shutil.copytree(tiny["bundle"], out, copy_function=os.link)
     before = {p: p.read_bytes() for p in out.rglob("*")} if previous else None
+    return ck, engines, out, before
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
+def test_sigkill_during_export_leaves_no_bundle_or_the_previous_one(tiny, tmp_path, previous):  # noqa: F811
+    from mousai_runtime import Bundle
+    from training.checkpoint import atomic_dir
+
+    ck, engines, out, before = export_target(tiny, tmp_path, previous)
     run_until_marker(HANG, tmp_path / "marker", ["bundle_write", "export", str(ck), "--out", str(out), "--no-check",
                                                  "--force"])
     names = [p.name for p in engines.iterdir()]
@@ -230,13 +237,7 @@ def test_disk_full_during_generate_tmpfs(tiny, small_tmpfs):  # noqa: F811
 
 @pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
 def test_disk_full_during_export(tiny, tmp_path, previous):  # noqa: F811
-    ck = autoencoder_checkpoint(tiny, tmp_path / "ck")
-    engines = tmp_path / "engines"
-    engines.mkdir()
-    out = engines / "mine"
-    if previous:
-        shutil.copytree(tiny["bundle"], out, copy_function=os.link)
-    before = {p: p.read_bytes() for p in out.rglob("*")} if previous else None
+    ck, engines, out, before = export_target(tiny, tmp_path, previous)
     r = subprocess.run([sys.executable, "-c", LIMITED, "100000", "export", str(ck), "--out", str(out), "--no-check",
                         "--force"], capture_output=True, text=True, cwd=str(ROOT), env=env(), timeout=300)
     assert r.returncode == 2, r.stderr

@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mousai_runtime.audio import current_umask
+
 from .model.configs import ModelConfig
 
 FORMAT, VERSION = "mousai-checkpoint", 1
@@ -38,20 +40,6 @@ def recover_dir(target: Path) -> None:
     olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds:
         os.replace(olds[-1], target)
-
-
-def _umask() -> int:
-    """The process umask, read from /proc where possible (os.umask(0) briefly affects every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _pid_alive(pid: int) -> bool:
@@ -88,7 +76,7 @@ def atomic_dir(target: Path, write: Any, overwrite: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the folder the mode a plain mkdir would
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the folder the mode a plain mkdir would
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
