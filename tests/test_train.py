@@ -162,6 +162,12 @@ def test_init_from_committed_checkpoint_continues_at_its_step(corpus, cfg_file, 
     with pytest.raises(T.TrainingError, match="init-from"):
         T.train("autoencoder", corpus, cfg_file, tmp_path / "third", steps=3, init_from=tmp_path / "nothing",
                 **{**FAST, "log_every": 0})
+    # a combined checkpoint (engines/checkpoints/default): its own step is the generator's, its DMAE's is in meta
+    combined = tmp_path / "combined"
+    checkpoint.save_checkpoint(combined, config, {"dmae": w}, {**meta, "step": 1, "dmae": {**meta, "step": 2}})
+    r = T.train("autoencoder", corpus, cfg_file, tmp_path / "fourth", steps=3, ckpt_every=0, init_from=combined,
+                **{**FAST, "log_every": 0})
+    assert r.step == 3 and len(r.losses) == 1  # from the DMAE's step 2, not the generator's 1
 
 
 def test_kill_and_resume_is_bit_identical(corpus, cfg_file, tmp_path):

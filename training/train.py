@@ -701,7 +701,11 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
             weights = load_weights(init_from, component)
             load_into(model, weights, component)
             load_into(ema, weights, component)
-            step = int(read_config(init_from)[1].get("step", 0))
+            meta = read_config(init_from)[1]
+            # a combined checkpoint's own step is its generator's; its DMAE's is in meta["dmae"]
+            if stage == "autoencoder" and isinstance(meta.get("dmae"), dict):
+                meta = meta["dmae"]
+            step = int(meta.get("step", 0))
         except CheckpointError as e:
             raise TrainingError(f"--init-from {init_from}: {e}") from e
     if freeze_encoder:
