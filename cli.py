@@ -312,6 +312,9 @@ def generate(
     spectrogram: Optional[Path] = typer.Option(None, "--spectrogram", help="Also write a spectrogram PNG."),
     fp16_fallback: bool = typer.Option(False, "--fp16-fallback", help="fp16 bundle exported with --fp16-fallback: "
                                        "re-run a component whose fp16 output is NaN/inf with its fp32 graph."),
+    postfilter: bool = typer.Option(True, "--postfilter/--no-postfilter", help="Put the decoded audio back on the "
+                                    "band envelope its latent encodes (bundles with a postfilter, e.g. the "
+                                    "default); --no-postfilter hears the DMAE decoder alone."),
 ) -> None:
     """Generate music from a text prompt with a bundle (numpy + ONNX Runtime; no torch needed)."""
     from mousai_runtime.cli_impl import generate_command
@@ -319,7 +322,8 @@ def generate(
     raise typer.Exit(generate_command(prompt=prompt, out=str(out), seconds=seconds, steps=steps, guidance=guidance,
                                       seed=seed, model=str(model), engine=engine, format=format, loudness=loudness,
                                       spectrogram=str(spectrogram) if spectrogram else None,
-                                      fp16_fallback=fp16_fallback, decoder_steps=decoder_steps, sampler=sampler))
+                                      fp16_fallback=fp16_fallback, decoder_steps=decoder_steps, sampler=sampler,
+                                      postfilter=postfilter))
 
 
 @app.command()
@@ -356,6 +360,35 @@ def checkpoint_combine(
     except (CheckpointError, OSError) as e:
         raise fail(_one_line(e))
     typer.echo(f"wrote {out}")
+
+
+@checkpoint_app.command("fit-envelope")
+def checkpoint_fit_envelope(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder with DMAE weights (written into, atomically)."),
+    data: Path = typer.Option(..., "--data", help="Corpus folder (mousai data build): its training split is used."),
+    clips: int = typer.Option(400, "--clips", min=10, help="5 s training clips to fit on."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads for the encoder."),
+) -> None:
+    """Fit the envelope post-filter of a checkpoint's DMAE: a linear map (closed form) from its latent to the log
+    power of 32 mel bands per channel, written to CKPT/envelope.safetensors and shipped by `mousai export`. The
+    runtime uses it to remove energy the decoder invents (mousai_runtime/envelope.py); it depends only on the
+    encoder, so a DMAE trained on with --freeze-encoder keeps it."""
+    try:
+        import torch
+
+        from training.checkpoint import CheckpointError
+        from training.envelope import fit_checkpoint
+    except ImportError as e:
+        raise fail(f"needs the training extras: pip install 'mousai[train]' ({e})")
+    if not (data / "metadata.jsonl").is_file():
+        raise fail(f"not a corpus folder (no metadata.jsonl): {data}")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        info = fit_checkpoint(checkpoint, data, clips, log=lambda m: typer.echo(m, err=True))
+    except (CheckpointError, ValueError, OSError) as e:
+        raise fail(_one_line(e))
+    typer.echo(f"wrote {checkpoint / 'envelope.safetensors'}: training R^2 {info['train_r2']:.3f}")
 
 
 # ---------------------------------------------------------------------------------------------- eval

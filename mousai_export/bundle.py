@@ -556,6 +556,9 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
     if keep_fp32:
         for c in comps:
             manifest["models"][c]["fp32_file"] = f"{FALLBACK_DIR}/{MODEL_FILES[c]}"
+    pf = postfilter_section(ck, tmp)
+    if pf is not None:
+        manifest["postfilter"] = pf
     steps.done()
 
     if engine == "trt":
@@ -582,6 +585,32 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
         manifest["parity"] = parity
     (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=1) + "\n")
     return manifest
+
+
+def postfilter_section(ck: Path, tmp: Path) -> dict[str, Any] | None:
+    """The checkpoint's envelope post-filter (training/envelope.py), copied into the bundle, or None without one.
+    Refused when it was fitted to another encoder (its latents would mean something else)."""
+    from training.envelope import FILE, encoder_fingerprint
+
+    src = ck / FILE
+    if not src.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(src), "np") as f:
+            settings = json.loads((f.metadata() or {})["settings"])
+    except (SafetensorError, KeyError, ValueError, OSError) as e:
+        raise ExportError(f"{src}: not an envelope post-filter file ({e})") from None
+    want = encoder_fingerprint(ck)
+    if settings.get("encoder_fp16_sha256") != want:
+        raise ExportError(f"{src} was fitted to encoder {str(settings.get('encoder_fp16_sha256'))[:12]}..., the "
+                          f"checkpoint's encoder is {want[:12]}...: refit it (mousai checkpoint fit-envelope)")
+    shutil.copyfile(src, tmp / FILE)
+    keys = ("n_fft", "hop", "bands", "context", "gain_range")
+    fit = {k: v for k, v in settings.items() if k not in keys + ("features", "sample_rate", "latent_hop", "channels")}
+    return {"kind": "envelope", "file": FILE, "features": settings["features"], **{k: settings[k] for k in keys},
+            "fit": fit}
 
 
 def _jsonable(x: Any) -> Any:

@@ -21,7 +21,7 @@ VERSION = 1
 
 REQUIRED_TOP = ("format", "version", "name", "precision", "audio", "latent", "stft", "decoder_info", "defaults",
                 "files", "models")
-OPTIONAL_TOP = ("kind", "created", "versions", "source", "parity", "text", "generator_info")
+OPTIONAL_TOP = ("kind", "created", "versions", "source", "parity", "text", "generator_info", "postfilter")
 
 # what the bundle holds: a missing "kind" is a text-to-music bundle (the only kind before it existed)
 TEXT_TO_MUSIC, AUTOENCODER = "text-to-music", "autoencoder"
@@ -53,6 +53,7 @@ SECTION_KEYS = {
     "text": {"max_length", "features", "tokenizer", "pad_id"},
     "decoder_info": {"length_multiple", "receptive_field", "receptive_field_method", "downsampling"},
     "generator_info": {"length_multiple", "window_frames", "overlap_frames"},
+    "postfilter": {"kind", "file", "features", "n_fft", "hop", "bands", "context", "gain_range", "fit"},
     "defaults": {"sampler", "decoder_sampler", "schedule", "generator_steps", "decoder_steps", "guidance", "seconds", "max_seconds"},
 }
 MODEL_KEYS = {"file", "inputs", "outputs", "fp32_file"}
@@ -345,6 +346,22 @@ class Bundle:
                 raise BundleError(f"files[{name!r}].sha256 must be 64 lowercase hex digits")
             if "bytes" in entry:
                 _int(entry, "bytes", f"files[{name!r}]", 0)
+        if "postfilter" in m:
+            pf = _obj(m, "postfilter")
+            if pf.get("kind") != "envelope" or pf.get("features") != "latent+square":
+                raise BundleError(f"postfilter: this runtime implements kind 'envelope' with features "
+                                  f"'latent+square', not {pf.get('kind')!r} / {pf.get('features')!r}")
+            for key in ("n_fft", "hop", "bands"):
+                _int(pf, key, "postfilter")
+            _int(pf, "context", "postfilter", 0)
+            g = pf.get("gain_range")
+            if not (isinstance(g, list) and len(g) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                 and math.isfinite(v) for v in g) and g[0] <= g[1]):
+                raise BundleError(f"postfilter.gain_range must be [low, high] (finite numbers), got {g!r}")
+            if pf["n_fft"] % pf["hop"] or lat["hop"] % pf["hop"]:
+                raise BundleError(f"postfilter.hop {pf['hop']} must divide postfilter.n_fft and latent.hop")
+            if check_relative_path(pf.get("file"), "postfilter.file") not in files:
+                raise BundleError(f"postfilter.file {pf['file']!r} is not listed in files (it must be hashed)")
         if t is not None and t["tokenizer"] not in files:
             raise BundleError(f"text.tokenizer {t['tokenizer']!r} is not listed in files (it must be hashed)")
 
@@ -527,6 +544,11 @@ class Bundle:
         return self._section("generator_info").get("overlap_frames")
 
     @property
+    def postfilter(self) -> dict | None:
+        """The envelope post-filter's settings (mousai_runtime/envelope.py), or None when the bundle has none."""
+        return self.manifest.get("postfilter")
+
+    @property
     def defaults(self) -> dict:
         return self.manifest["defaults"]
 
@@ -550,7 +572,7 @@ class Bundle:
             if k in m:
                 rows.append((k, str(m[k])))
         for k in ("versions", "source", "audio", "latent", "stft", "text", "decoder_info", "generator_info",
-                  "defaults"):
+                  "postfilter", "defaults"):
             for kk, vv in (m.get(k) or {}).items():
                 rows.append((f"{k}.{kk}", json.dumps(vv) if not isinstance(vv, str) else vv))
         for comp, spec in self.models.items():

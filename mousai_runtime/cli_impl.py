@@ -31,7 +31,8 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
                      guidance: Optional[float] = None, seed: int = 0, model: str = "engines/default",
                      engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
                      spectrogram: Optional[str] = None, fp16_fallback: bool = False,
-                     decoder_steps: Optional[int] = None, sampler: Optional[str] = None) -> int:
+                     decoder_steps: Optional[int] = None, sampler: Optional[str] = None,
+                     postfilter: bool = True) -> int:
     from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
         write_spectrogram
     from .bundle import BundleError
@@ -69,7 +70,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
 
     t_load = time.perf_counter()
     try:
-        pipe = Pipeline(model, engine=engine, fp16_fallback=fp16_fallback)
+        pipe = Pipeline(model, engine=engine, fp16_fallback=fp16_fallback, postfilter=postfilter)
         pipe.check_inputs(prompt, seconds, steps, guidance, seed, decoder_steps)
     except (BundleError, EngineError, InputError) as e:
         return _err(str(e))

@@ -24,6 +24,7 @@ import numpy as np
 from .sampling import check_sampler, linear_sigmas, sample
 
 DecoderFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x [B,2,L], sigma [B], latent [B,C,L/hop]) -> v
+PostFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (audio [B,2,L], latent [B,C,L/hop]) -> audio, per chunk
 
 NOISE_BLOCK = 1 << 16
 _U64 = (1 << 64) - 1
@@ -141,9 +142,13 @@ class ChunkedDecoder:
 
     def __init__(self, model_fn: DecoderFn, hop: int, multiple_frames: int, audio_scale: float = 1.0,
                  receptive_field: int = 0, channels: int = 2, chunk_frames: int | None = 512,
-                 margin_frames: int | None = None, fade_frames: int | None = None, balance: bool = False):
-        """`chunk_frames`: the chunk length (with `balance`: the largest; the fewest chunks, evenly shortened)."""
+                 margin_frames: int | None = None, fade_frames: int | None = None, balance: bool = False,
+                 post_fn: PostFn | None = None):
+        """`chunk_frames`: the chunk length (with `balance`: the largest; the fewest chunks, evenly shortened).
+        `post_fn` runs on every decoded chunk (audio units) before the crossfade, e.g. the envelope post-filter:
+        whatever it does near a chunk's edges lies in the margin that the crossfade leaves out."""
         self.model_fn, self.hop, self.multiple = model_fn, hop, multiple_frames
+        self.post_fn = post_fn
         self.balance = bool(balance)
         self.audio_scale, self.channels = float(audio_scale), channels
         self.margin = math.ceil(receptive_field / hop) if margin_frames is None else int(margin_frames)
@@ -195,6 +200,8 @@ class ChunkedDecoder:
             y = sample(sampler, lambda xx, sg: self.model_fn(xx, sg, lat), x, sigmas, callback=callback,
                        component="decoder")
             y *= np.float32(1.0 / self.audio_scale)
+            if self.post_fn is not None:
+                y = self.post_fn(y, lat)
             parts = []
             if tail is not None:
                 f0, fl = plan.fades[i - 1]

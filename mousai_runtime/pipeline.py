@@ -29,6 +29,7 @@ import numpy as np
 from . import faults
 from .bundle import Bundle, BundleError
 from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
+from .envelope import Envelope
 from .engines import Engine, EngineError, make_engine
 from .sampling import SAMPLERS, NonFiniteError, linear_sigmas, sample
 from .stft import magnitude_stft
@@ -139,7 +140,7 @@ class Pipeline:
                  checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 30.0,
                  text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
                  overlap_frames: int | None = None, window_batch: int = 1, balance_chunks: bool = True,
-                 fp16_fallback: bool = False):
+                 fp16_fallback: bool = False, postfilter: bool = True):
         """`window_frames` / `overlap_frames` (latent frames) override the manifest's generator windows (rounded up to
         the generator's length multiple; overlap <= window / 2); `window_batch` windows go into one generator call.
         `chunk_seconds` is the longest decoder chunk; `balance_chunks` decodes a clip in the fewest chunks that
@@ -148,7 +149,10 @@ class Pipeline:
         `fp16_fallback`: with an fp16 bundle exported with `--fp16 --fp16-fallback` (models.*.fp32_file), a model
         call whose fp16 output holds NaN/inf is run again with that component's fp32 graph, which then serves the
         rest of the render (an Fp16FallbackWarning says so). Non-finite values are never replaced by anything else:
-        if the fp32 graph fails too, the render raises NonFiniteError. No effect on an fp32 bundle."""
+        if the fp32 graph fails too, the render raises NonFiniteError. No effect on an fp32 bundle.
+
+        `postfilter`: with a bundle that has one (manifest `postfilter`), put every decoded chunk back on the band
+        envelope its latent predicts (mousai_runtime/envelope.py); False decodes with the DMAE alone."""
         if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(
                 chunk_seconds, (int, float, np.integer, np.floating)) or not math.isfinite(chunk_seconds)
                 or chunk_seconds <= 0):
@@ -182,6 +186,11 @@ class Pipeline:
         self.decoder = ChunkedDecoder(self._decoder_fn, hop=b.hop, multiple_frames=b.decoder_multiple_frames,
                                       audio_scale=b.audio_scale, receptive_field=b.receptive_field,
                                       channels=b.channels, chunk_frames=chunk_frames, balance=balance_chunks)
+        if not isinstance(postfilter, bool):
+            raise InputError(f"postfilter must be true or false, got {postfilter!r}")
+        self.envelope = Envelope.from_bundle(b) if postfilter and b.postfilter is not None else None
+        if self.envelope is not None:
+            self.decoder.post_fn = self.envelope.apply
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache

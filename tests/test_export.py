@@ -452,6 +452,43 @@ def test_no_check_writes_a_bundle_without_parity(bundle, checkpoint, tmp_path):
     assert {k: v["sha256"] for k, v in m["files"].items()} == {k: v["sha256"] for k, v in bundle[1]["files"].items()}
 
 
+def test_post_filter_of_the_checkpoint_is_shipped_only_for_its_own_encoder(bundle, checkpoint, tmp_path):
+    from mousai_runtime import Pipeline
+    from mousai_runtime.envelope import Envelope
+    from training.envelope import encoder_fingerprint, save
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    lat = cfg["model"]["dmae"]["encoder"]["out_channels"]
+    env = Envelope(np.zeros((2 * lat * 3 + 1, 4 * 2 * 32), np.float32), 48000, 1024, 1024, 256, 32, 2, 1, (-8.0, 2.0))
+    env.weights[-1] = -5.0
+    save(env, ck / "envelope.safetensors", {"encoder_fp16_sha256": encoder_fingerprint(ck)})
+    out = tmp_path / "with-pf"
+    m = export_bundle(str(ck), str(out), check=False, progress=False)
+    pf = m["postfilter"]
+    assert pf["kind"] == "envelope" and pf["file"] == "envelope.safetensors" and pf["context"] == 1
+    assert pf["fit"]["encoder_fp16_sha256"] == encoder_fingerprint(ck)
+    assert m["files"]["envelope.safetensors"]["sha256"] == hashlib.sha256(
+        (ck / "envelope.safetensors").read_bytes()).hexdigest()
+    pipe = Pipeline(out)
+    np.testing.assert_array_equal(pipe.envelope.weights, env.weights)
+    # the same file beside another encoder: refused, nothing written
+    ck2 = tmp_path / "other"
+    shutil.copytree(ck, ck2)
+    from training.checkpoint import load_weights, save_checkpoint
+    from training.model.configs import ModelConfig
+
+    w = load_weights(ck2, "dmae")
+    k = next(k for k in w if k.startswith("encoder."))
+    w[k] = w[k] + 1.0
+    save_checkpoint(ck2, ModelConfig.from_dict(cfg["model"]), {"dmae": w, "generator": load_weights(ck2, "generator")},
+                    cfg["meta"], extra_files={"envelope.safetensors": (ck / "envelope.safetensors").read_bytes()})
+    with pytest.raises(ExportError, match="was fitted to encoder .* refit it"):
+        export_bundle(str(ck2), str(tmp_path / "refused"), check=False, progress=False)
+    assert no_leftovers(tmp_path, "refused")
+
+
 # ------------------------------------------------------------------------------------------------- fp16
 
 

@@ -211,4 +211,10 @@ def combine(generator_ckpt: str | Path, dmae_ckpt: str | Path, out: str | Path, 
     meta = {**gmeta, "dmae": dmeta, "combined_from": {"generator": str(generator_ckpt), "dmae": str(dmae_ckpt)}}
     if note:
         meta["note"] = note
-    return save_checkpoint(out, gcfg, {"dmae": new, "generator": gen}, meta, dtype=dtype)
+    # the envelope post-filter (training/envelope.py) depends on the encoder only, which both share
+    extra = {}
+    for src in (Path(dmae_ckpt), Path(generator_ckpt)):
+        if (src / "envelope.safetensors").is_file():
+            extra["envelope.safetensors"] = (src / "envelope.safetensors").read_bytes()
+            break
+    return save_checkpoint(out, gcfg, {"dmae": new, "generator": gen}, meta, dtype=dtype, extra_files=extra)

@@ -121,14 +121,14 @@ def _score(clips: Sequence[Clip], make: Callable[[Clip, int], np.ndarray], metho
 
 def reconstruction_table(autoencoder: AutoEncoder | None, clips: Sequence[Clip], steps: Sequence[int] = (10, 20, 50),
                          sr: int = 48000, griffin_lim_iterations: int = 64, baselines: bool = True,
-                         progress: Callable[[str], None] | None = None) -> list[Row]:
-    """One row per method, mean over clips: the DMAE at each step count, then the baselines."""
+                         progress: Callable[[str], None] | None = None, label: str = "DMAE") -> list[Row]:
+    """One row per method, mean over clips: the DMAE at each step count (rows named `label`), then the baselines."""
     rows = []
     if autoencoder is not None:
         for s in steps:
             if progress:
-                progress(f"DMAE, {s} decoder steps")
-            rows.append(_score(clips, lambda c, i, s=s: autoencoder(c.audio, s, i), f"DMAE, {s} decoder steps", sr))
+                progress(f"{label}, {s} decoder steps")
+            rows.append(_score(clips, lambda c, i, s=s: autoencoder(c.audio, s, i), f"{label}, {s} decoder steps", sr))
     if baselines:
         if progress:
             progress("Griffin-Lim")

@@ -137,12 +137,23 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
     log(f"reconstruction: {len(clips)} held-out clips of {recon_seconds} s")
     decoder_steps = int(generate_kw.get("decoder_steps") or pipe.bundle.defaults["decoder_steps"])
     steps = sorted(set(recon_steps) | {decoder_steps})
+    # with a post-filter in the bundle: every row with it, and the bundle's decoder steps without it beside them
+    bare = Pipeline(bundle, threads=threads, postfilter=False) if pipe.envelope is not None else None
+    label = "DMAE + post-filter" if bare is not None else "DMAE"
     rows = R.reconstruction_table(lambda a, s, i: pipe.decode(pipe.encode(a), steps=s, seed=i, samples=a.shape[1]),
-                                  clips, steps=steps, progress=log)
+                                  clips, steps=steps, progress=log, label=label)
+    if bare is not None:
+        rows[len(steps):len(steps)] = R.reconstruction_table(
+            lambda a, s, i: bare.decode(bare.encode(a), steps=s, seed=i, samples=a.shape[1]), clips,
+            steps=[decoder_steps], progress=log, baselines=False, label="DMAE alone (no post-filter)")
     doc["reconstruction"] = {"clips": len(clips), "clips_sha256": R.clips_sha256(clips),
                              "rows": [r.__dict__ for r in rows]}
     ceiling_clips = R.holdout_clips(corpus, seconds=G.CLIP_SECONDS, per_track=recon_per_track, real_only=False)
     doc["decoder_ceiling"] = decoder_ceiling(pipe, clf, ceiling_clips, decoder_steps)
+    if bare is not None:
+        doc["decoder_ceiling"]["postfilter"] = True
+        doc["decoder_ceiling"]["reconstructed_accuracy_no_postfilter"] = decoder_ceiling(
+            bare, clf, ceiling_clips, decoder_steps)["reconstructed_accuracy"]
     # text relevance, FD, diversity
     prompts = genre_prompts(corpus, genres)
     rel = text_relevance(pipe, clf, prompts, seeds=seeds, seconds=seconds, log=log, **generate_kw)
@@ -169,7 +180,10 @@ def _ceiling_lines(c: dict | None) -> list[str]:
         return []
     return [f"Decoder ceiling: on {c['clips']} real held-out clips ({c['genres']} genres) the classifier scores "
             f"{c['real_accuracy']:.3f}; on the same clips after decode(encode(x)) at {c['steps']} decoder steps, "
-            f"{c['reconstructed_accuracy']:.3f}. Generated clips go through that decoder too.", ""]
+            f"{c['reconstructed_accuracy']:.3f}"
+            + (f" with the envelope post-filter ({c['reconstructed_accuracy_no_postfilter']:.3f} without it)"
+               if "reconstructed_accuracy_no_postfilter" in c else "")
+            + ". Generated clips go through that decoder too.", ""]
 
 
 def _sha(path: Path) -> str:
