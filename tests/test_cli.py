@@ -33,6 +33,8 @@ def test_init_writes_loadable_checkpoint_and_refuses_existing(tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "dmae.safetensors", "generator.safetensors"]
     assert json.loads((out / "config.json").read_text())["meta"]["seed"] == 3
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # weights as readable as config.json (safetensors alone makes 0600)
     cfg, models = load_models(out)
     assert cfg.name == "tiny" and set(models) == {"dmae", "generator"}
     r = runner.invoke(app, ["init", "--config", "tiny", "--out", str(out)])

@@ -117,6 +117,8 @@ def save_checkpoint(
             if name not in COMPONENTS:
                 raise ValueError(f"unknown component {name}")
             save_file(_contiguous(sd, dtype), str(tmp / f"{name}.safetensors"))
+            # safetensors creates its files 0600: give them the mode any other file written here gets
+            os.chmod(tmp / f"{name}.safetensors", 0o666 & ~current_umask())
         for fname, data in (extra_files or {}).items():
             (tmp / fname).write_bytes(data)
 

@@ -21,7 +21,7 @@ import numpy as np
 from mousai_runtime.envelope import Envelope, FEATURES, latent_features
 
 FILE = "envelope.safetensors"
-DEFAULTS = {"n_fft": 1024, "hop": 256, "bands": 32, "context": 3, "gain_range": (-8.0, 2.0), "ridge": 10.0}
+DEFAULTS = {"n_fft": 1024, "hop": 256, "bands": 32, "context": 3, "gain_range": (-12.0, 2.0), "ridge": 10.0}
 
 
 def encoder_fingerprint(checkpoint: str | Path) -> str:
