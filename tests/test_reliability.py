@@ -293,6 +293,9 @@ def test_cli_train_refuses_bad_input(tmp_path, case, args, match):
     ("import_checkpoint_missing", ["import", "archisound", "@", "--out", "@o"], "no such checkpoint"),
     ("data_build_unknown_source", ["data", "build", "@", "--sources", "spotify"], "unknown source"),
     ("command_unknown", ["frobnicate"], "No such command 'frobnicate'"),
+    ("fit_envelope_no_corpus", ["checkpoint", "fit-envelope", "@", "--data", "@o"], "not a corpus folder"),
+    ("fit_envelope_too_few_clips", ["checkpoint", "fit-envelope", "@", "--data", "@o", "--clips", "3"],
+     "Invalid value for '--clips'"),
 ]))
 def test_cli_other_commands_refuse_bad_input(tmp_path, case, args, match):
     args = [str(tmp_path / "x") if a == "@" else str(tmp_path / "o") if a == "@o" else a for a in args]
