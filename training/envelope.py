@@ -10,14 +10,13 @@ hash in its metadata, so `mousai export` ships them and a later DMAE with the sa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from mousai_runtime.audio import atomic_write
 from mousai_runtime.envelope import Envelope, FEATURES, latent_features
 
 FILE = "envelope.safetensors"
@@ -100,21 +99,7 @@ def save(env: Envelope, path: Path, info: dict[str, Any]) -> None:
                 "n_fft": env.n_fft, "hop": env.hop, "bands": env.bands, "channels": env.channels,
                 "context": env.context, "gain_range": list(env.gain_range), **info}
     data = save({"weights": np.ascontiguousarray(env.weights)}, metadata={"settings": json.dumps(settings)})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    from mousai_runtime.audio import current_umask
-
-    return current_umask()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def fit_checkpoint(checkpoint: str | Path, corpus: str | Path, clips: int = 400, seed: int = 0,
