@@ -6,11 +6,11 @@ uses. The latent is a 64x compression of the *magnitude* STFT, so the coarse ban
 recoverable from it: a linear map (fitted in closed form on the training corpus by `training/envelope.py`) from a
 few latent frames and their squares predicts the log power of `bands` mel-spaced bands per channel and STFT frame.
 
-    post = Envelope.from_bytes(bundle.read_bytes(spec["file"]), spec)
+    post = Envelope.from_bundle(bundle)      # the manifest's `postfilter` section + its verified weights file
     audio = post.apply(audio, latent)        # [B, 2, L], latent [B, C, T]: per-band gains, clipped
 
 The gains are computed per STFT frame (n_fft, hop of the spec: 1024, 256 at 48 kHz), interpolated across bins by
-partition-of-unity triangles (flat at the two ends), clipped to `gain_range` (log power), and applied with an exact
+partition-of-unity triangles (centres from 0 Hz to Nyquist), clipped to `gain_range` (log power), and applied with an exact
 inverse STFT, so a decoder output that already has the predicted envelope passes through unchanged. Only numpy.
 """
 from __future__ import annotations
@@ -50,24 +50,29 @@ def band_matrices(sample_rate: int, n_fft: int, bands: int) -> tuple[np.ndarray,
 
 
 def stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """[..., L] -> complex64 [..., frames = 1 + L // hop, n_fft // 2 + 1]: centred (reflect), periodic Hann."""
-    x = np.asarray(x, np.float32)
+    """[..., L] -> [..., frames = 1 + L // hop, n_fft // 2 + 1]: centred (reflect), periodic Hann. float64 input
+    stays float64 (complex128; the evaluation's metrics), anything else is computed in float32 (complex64)."""
+    dt = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+    x = np.asarray(x, dt)
     pad = n_fft // 2
     xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(xp, n_fft, axis=-1)[..., ::hop, :][..., :1 + x.shape[-1] // hop, :]
-    return np.fft.rfft(frames * hann_periodic(n_fft), axis=-1).astype(np.complex64)
+    spec = np.fft.rfft(frames * hann_periodic(n_fft).astype(dt), axis=-1)
+    return spec if dt == np.float64 else spec.astype(np.complex64)
 
 
 def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
-    """Least-squares inverse of `stft` (windowed overlap-add over the summed squared window); hop divides n_fft."""
+    """Least-squares inverse of `stft` (windowed overlap-add over the summed squared window); hop divides n_fft.
+    complex128 in -> float64 out, else float32."""
     if n_fft % hop:
         raise ValueError(f"hop {hop} does not divide n_fft {n_fft}")
-    w = hann_periodic(n_fft)
-    frames = np.fft.irfft(spec, n=n_fft, axis=-1).astype(np.float32) * w  # [..., F, n_fft]
+    dt = np.float64 if np.asarray(spec).dtype == np.complex128 else np.float32
+    w = hann_periodic(n_fft).astype(dt)
+    frames = np.fft.irfft(spec, n=n_fft, axis=-1).astype(dt) * w  # [..., F, n_fft]
     lead, f = frames.shape[:-2], frames.shape[-2]
     k = n_fft // hop
-    blocks = np.zeros(lead + (f + k - 1, hop), np.float32)
-    norm = np.zeros((f + k - 1, hop), np.float32)
+    blocks = np.zeros(lead + (f + k - 1, hop), dt)
+    norm = np.zeros((f + k - 1, hop), dt)
     parts, wparts = frames.reshape(lead + (f, k, hop)), (w * w).reshape(k, hop)
     for j in range(k):  # frame i's j-th hop-long part lands in block i + j
         blocks[..., j:j + f, :] += parts[..., :, j, :]

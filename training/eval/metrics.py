@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mousai_runtime.stft import hann_periodic
+from mousai_runtime import envelope
 
 EPS = 1e-5
 MEL_BANDS, MEL_FFT, MEL_HOP = 128, 2048, 512
@@ -28,24 +28,13 @@ def _frames(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 
 def stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """Complex STFT [..., frames, n_fft // 2 + 1] with a periodic Hann window."""
-    return np.fft.rfft(_frames(np.asarray(x, np.float64), n_fft, hop) * hann_periodic(n_fft), axis=-1)
+    """Complex STFT [..., frames, n_fft // 2 + 1] with a periodic Hann window (float64; the runtime's own STFT)."""
+    return envelope.stft(np.asarray(x, np.float64), n_fft, hop)
 
 
 def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     """Least-squares inverse of `stft` (windowed overlap-add divided by the summed squared window)."""
-    w = hann_periodic(n_fft).astype(np.float64)
-    frames = np.fft.irfft(spec, n=n_fft, axis=-1) * w
-    n_frames = frames.shape[-2]
-    total = n_fft + hop * (n_frames - 1)
-    out = np.zeros(frames.shape[:-2] + (total,))
-    norm = np.zeros(total)
-    for i in range(n_frames):  # n_fft / hop = 4 overlapping frames per sample: a short Python loop over frames
-        out[..., i * hop:i * hop + n_fft] += frames[..., i, :]
-        norm[i * hop:i * hop + n_fft] += w * w
-    out /= np.maximum(norm, 1e-8)
-    pad = n_fft // 2
-    return out[..., pad:pad + length]
+    return envelope.istft(np.asarray(spec, np.complex128), n_fft, hop, length)
 
 
 def mel_filterbank(sr: int, n_fft: int = MEL_FFT, bands: int = MEL_BANDS) -> np.ndarray:
