@@ -391,6 +391,39 @@ def checkpoint_fit_envelope(
     typer.echo(f"wrote {checkpoint / 'envelope.safetensors'}: training R^2 {info['train_r2']:.3f}")
 
 
+@checkpoint_app.command("train-encoder")
+def checkpoint_train_encoder(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder with DMAE weights (read only)."),
+    data: Path = typer.Option(..., "--data", help="Corpus folder (mousai data build): training split, held-out split."),
+    out: Path = typer.Option(..., "--out", "-o", help="New checkpoint folder (the DMAE with the new encoder)."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops of 2^17 samples per step."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+) -> None:
+    """Train a DMAE's encoder to carry the spectral envelope (the post-filter's target) through a linear head, the
+    decoder untouched. Then train the decoder on with `train autoencoder --init-from OUT --freeze-encoder`, the
+    generator on the new latents, and refit the post-filter (training/envelope_encoder.py says why)."""
+    try:
+        import torch
+
+        from training.checkpoint import CheckpointError
+        from training.envelope_encoder import train_encoder
+    except ImportError as e:
+        raise fail(f"needs the training extras: pip install 'mousai[train]' ({e})")
+    if not (data / "metadata.jsonl").is_file():
+        raise fail(f"not a corpus folder (no metadata.jsonl): {data}")
+    if out.resolve() == checkpoint.resolve():
+        raise fail("--out must be a new folder, not the checkpoint itself")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        info = train_encoder(checkpoint, data, out, steps=steps, batch_size=batch_size,
+                             log=lambda m: typer.echo(m, err=True))
+    except (CheckpointError, ValueError, OSError, RuntimeError) as e:
+        raise fail(_one_line(e))
+    typer.echo(f"wrote {out}: held-out envelope R^2 {info['history'][-1]['val_r2']:.3f}")
+
+
 # ---------------------------------------------------------------------------------------------- eval
 
 eval_app = typer.Typer(help="Evaluate a bundle on the corpus: reconstruction, text relevance, diversity.",

@@ -63,6 +63,16 @@ def training_clips(corpus: str | Path, n: int, seconds: float = 5.0, sr: int = 4
     return out
 
 
+def targets(env: Envelope, audio: np.ndarray, frames: int) -> np.ndarray:
+    """audio [2, L] -> [frames, 2 * bands * sub]: the log band power of every STFT frame of each latent frame (the
+    last frame(s) padded, as Envelope.apply does), one row per latent frame."""
+    have, _ = env.band_log_power(audio)  # [2, bands, F]
+    need = env.sub * frames
+    if have.shape[-1] < need:
+        have = np.concatenate([have, have[..., -1:].repeat(need - have.shape[-1], -1)], -1)
+    return have[..., :need].reshape(env.channels, env.bands, frames, env.sub).transpose(2, 3, 0, 1).reshape(frames, -1)
+
+
 def fit(encode: Callable[[np.ndarray], np.ndarray], clips: list[np.ndarray], sample_rate: int, latent_hop: int,
         n_fft: int = 1024, hop: int = 256, bands: int = 32, context: int = 3,
         gain_range: tuple[float, float] = (-8.0, 2.0), ridge: float = 10.0) -> tuple[Envelope, dict[str, float]]:
@@ -73,11 +83,7 @@ def fit(encode: Callable[[np.ndarray], np.ndarray], clips: list[np.ndarray], sam
         z = encode(a)  # [C, T]
         t = z.shape[-1]
         x = latent_features(z, context).astype(np.float64)
-        have, _ = env.band_log_power(a)  # [2, bands, F]
-        if have.shape[-1] < env.sub * t:  # pad the last frame(s), as apply() does
-            have = np.concatenate([have, have[..., -1:].repeat(env.sub * t - have.shape[-1], -1)], -1)
-        y = have[..., :env.sub * t].reshape(2, bands, t, env.sub).transpose(2, 3, 0, 1).reshape(t, -1)
-        y = y.astype(np.float64)
+        y = targets(env, a, t).astype(np.float64)
         gram = x.T @ x if gram is None else gram + x.T @ x
         cross = x.T @ y if cross is None else cross + x.T @ y
         n, ysum, ysq = n + t, ysum + y.sum(0), ysq + (y * y).sum(0)
