@@ -233,6 +233,9 @@ def train(
                                                   help="autoencoder: train the decoder only, so the latents stay "
                                                   "fixed while a generator trains on them (default: the run's own; "
                                                   "off for a new run)."),
+    genre_balance: Optional[float] = typer.Option(None, "--genre-balance", min=0.0, max=1.0,
+                                                  help="Draw tracks by length x (genre length)^-B: 0 by length, 1 "
+                                                  "every genre alike (default: the run's own; 0 for a new run)."),
 ) -> None:
     """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
     try:
@@ -245,7 +248,8 @@ def train(
                            steps=steps, resume=resume, batch_size=batch_size, crop_length=crop_length, lr=lr,
                            seed=seed, threads=threads, ckpt_every=ckpt_every, sample_every=sample_every,
                            dmae=str(dmae) if dmae else None, progress=progress,
-                           init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder)
+                           init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder,
+                           genre_balance=genre_balance)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         if new_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
             import shutil

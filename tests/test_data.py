@@ -330,3 +330,27 @@ def test_holdout_split_is_excluded_from_training_and_deterministic(tmp_path):
     texts = [caption_from_metadata(AudioFolder(tmp_path, split="holdout").tracks[0].meta, np.random.default_rng(i))
              for i in range(50)]
     assert not any("holdout" in t for t in texts)
+
+
+def test_genre_balance_shares_draws_between_genres(tmp_path):
+    """0 draws by length; 1 gives each genre the same share whatever its hours; the draws follow the cdf."""
+    from training.data.dataset import sampling_cdf, track_genre
+
+    lengths = {"a0": 6.0, "a1": 3.0, "b0": 1.0}  # genre a: 9 s, genre b: 1 s
+    for name, seconds in lengths.items():
+        sf.write(tmp_path / f"{name}.wav", np.zeros((int(8000 * seconds), 2), np.float32), 8000)
+    meta = [{"path": f"{n}.wav", "genre": ["A", "pop"] if n[0] == "a" else " b "} for n in lengths]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
+    folder = AudioFolder(tmp_path, sr=8000)
+    assert [track_genre(t.meta) for t in folder.tracks] == ["a", "a", "b"]
+    n = np.array([t.frames for t in folder.tracks])
+    p0 = np.diff(sampling_cdf(folder.tracks, n, 0.0), prepend=0.0)
+    p1 = np.diff(sampling_cdf(folder.tracks, n, 1.0), prepend=0.0)
+    ph = np.diff(sampling_cdf(folder.tracks, n, 0.5), prepend=0.0)
+    assert p0 == pytest.approx([0.6, 0.3, 0.1])
+    assert p1 == pytest.approx([1 / 3, 1 / 6, 0.5])  # genre a: 1/2 split 2:1 by length; genre b: 1/2
+    assert ph[2] == pytest.approx(1 / (1 + 3)) and 0.1 < ph[2] < 0.5  # sqrt(1) / (sqrt(1) + sqrt(9))
+    crops = RandomCrops(folder, 800, seed=0, batch_size=1, sr=8000, genre_balance=1.0)
+    draws = [crops._choose(np.random.default_rng([0, k])) for k in range(3000)]
+    assert np.bincount(draws, minlength=3) / 3000 == pytest.approx(p1, abs=0.03)
+    assert RandomCrops(folder, 800, seed=0, sr=8000)._cdf == pytest.approx(np.cumsum(p0))  # default unchanged

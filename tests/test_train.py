@@ -406,3 +406,20 @@ def test_combine_pairs_a_generator_with_a_later_frozen_encoder_dmae(corpus, cfg_
     with pytest.raises(checkpoint.CheckpointError, match="another encoder"):
         checkpoint.combine(gen / "checkpoint", tmp_path / "ae-unfrozen" / "checkpoint", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_genre_balance_is_a_run_setting(corpus, cfg_file, tmp_path):
+    """Saved with the run, kept on --resume, refused out of [0, 1]; it changes which crops a step sees."""
+    out = tmp_path / "bal"
+    T.train("autoencoder", corpus, cfg_file, out, steps=2, ckpt_every=0, genre_balance=1.0, **FAST)
+    hp = json.loads((out / "state" / "state.json").read_text())["hparams"]
+    assert hp["genre_balance"] == 1.0
+    T.train("autoencoder", None, None, out, steps=3, resume=True, ckpt_every=0, **FAST)
+    assert json.loads((out / "state" / "state.json").read_text())["hparams"]["genre_balance"] == 1.0
+    with pytest.raises(ValueError, match="genre_balance"):
+        T.train("autoencoder", corpus, cfg_file, tmp_path / "bad", steps=1, genre_balance=1.5, **FAST)
+    from training.data.dataset import AudioFolder, sampling_cdf
+
+    folder = AudioFolder(corpus)
+    lengths = np.array([t.frames for t in folder.tracks])
+    assert not np.allclose(sampling_cdf(folder.tracks, lengths, 1.0), sampling_cdf(folder.tracks, lengths, 0.0))

@@ -319,14 +319,14 @@ class LatentCrops:
     """Latent crops + captions, a pure function of (seed, step): the stage-2 counterpart of RandomCrops.
 
     Item i of step k uses np.random.default_rng([seed, k, i]) to pick a track (weighted by its crop count, i.e.
-    its length) and a crop; the caption is drawn as in RandomCrops with default_rng([seed, k, i, 1]).
+    its length, and by its genre's share under genre_balance > 0) and a crop; the caption is drawn as in RandomCrops with default_rng([seed, k, i, 1]).
     """
 
-    def __init__(self, folder: Any, latents: list[Tensor], seed: int):
+    def __init__(self, folder: Any, latents: list[Tensor], seed: int, genre_balance: float = 0.0):
+        from .data.dataset import sampling_cdf
+
         self.folder, self.latents, self.seed = folder, latents, int(seed)
-        w = np.array([lat.shape[0] for lat in latents], dtype=np.float64)
-        self._cdf = np.cumsum(w / w.sum())
-        self._cdf[-1] = 1.0
+        self._cdf = sampling_cdf(folder.tracks, np.array([lat.shape[0] for lat in latents]), genre_balance)
 
     def item(self, step: int, i: int) -> tuple[Tensor, str]:
         from .data.dataset import caption_from_metadata
@@ -503,6 +503,7 @@ def train(
     tensorboard: bool = True,
     init_from: str | os.PathLike | None = None,
     freeze_encoder: bool | None = None,
+    genre_balance: float | None = None,
 ) -> TrainResult:
     """Train stage "autoencoder" (DMAE) or "generator" (text-to-latent) into the run folder `out`.
 
@@ -531,6 +532,8 @@ def train(
         freeze_encoder: (autoencoder stage) train the decoder only, the encoder fixed at its EMA weights, so that a
             generator can train on that encoder's latents while the decoder keeps improving; the checkpoint's
             `encoder_sha256` says which latents a DMAE makes. None = the run's own setting (default off).
+        genre_balance: draw tracks by length x (their genre's total length) ** -genre_balance (0 = by length, 1 =
+            every genre alike; data.dataset.sampling_cdf). None = the run's own setting (default 0).
 
     Raises TrainingError / ValueError (one-line messages) for bad input, a non-finite loss or a failed save.
     """
@@ -540,7 +543,7 @@ def train(
 
     check_train_args(steps=steps, batch_size=batch_size, crop_length=crop_length, lr=lr, seed=seed, threads=threads,
                      ckpt_every=ckpt_every, sample_every=sample_every, log_every=log_every, grad_clip=grad_clip,
-                     ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps)
+                     ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, genre_balance=genre_balance)
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if threads is not None:
@@ -563,7 +566,7 @@ def train(
                       sample_every=sample_every, log_every=log_every, dmae=dmae, grad_clip=grad_clip,
                       ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, progress=progress,
                       tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from,
-                      freeze_encoder=freeze_encoder)
+                      freeze_encoder=freeze_encoder, genre_balance=genre_balance)
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -575,7 +578,7 @@ def train(
 
 def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr, seed, ckpt_every,
            sample_every, log_every, dmae, grad_clip, ema_beta, ema_power, sample_steps, progress, tensorboard,
-           rank, world, device, init_from=None, freeze_encoder=None) -> TrainResult:
+           rank, world, device, init_from=None, freeze_encoder=None, genre_balance=None) -> TrainResult:
     from .data.dataset import AudioFolder, RandomCrops
 
     t_start = time.time()
@@ -605,6 +608,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
     crop_length = _resolve("crop_length", crop_length, hp.get("crop_length"), DEFAULT_CROP[stage], False, notes)
     lr = _resolve("lr", lr, hp.get("lr"), 1e-4, False, notes)
     freeze_encoder = bool(_resolve("freeze_encoder", freeze_encoder, hp.get("freeze_encoder"), False, False, notes))
+    genre_balance = float(_resolve("genre_balance", genre_balance, hp.get("genre_balance"), 0.0, False, notes))
     if freeze_encoder and stage != "autoencoder":
         raise ValueError("freeze_encoder applies to the autoencoder stage only")
     if saved and hp.get("world_size") != world:
@@ -718,7 +722,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
     folder = AudioFolder(data, sr=sr, seed=seed)
     text_cache = None
     if stage == "autoencoder":
-        crops = RandomCrops(folder, crop_length, seed=seed, batch_size=local_batch, sr=sr)
+        crops = RandomCrops(folder, crop_length, seed=seed, batch_size=local_batch, sr=sr, genre_balance=genre_balance)
 
         def get_batch(k: int) -> tuple[Tensor, list[str]]:
             items = [crops.item(k, rank * local_batch + i) for i in range(local_batch)]
@@ -729,7 +733,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
             build_latent_cache(folder, dmae_model, dmae_sha, crop_length, cache_dir, log=log)
         if world > 1:
             dist.barrier()
-        lcrops = LatentCrops(folder, load_latent_cache(folder, dmae_sha, crop_length, cache_dir), seed)
+        lcrops = LatentCrops(folder, load_latent_cache(folder, dmae_sha, crop_length, cache_dir), seed, genre_balance)
         text_cache = TextCache(cfg.text.encoder, cfg.text.max_length, out / "text_cache", writer=main)
         if text_cache.encoder.features != cfg.text.features:
             raise ValueError(f"text encoder gives {text_cache.encoder.features} features, config says {cfg.text.features}")
@@ -768,7 +772,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
                "hparams": {"batch_size": batch_size, "crop_length": crop_length, "lr": lr, "betas": list(BETAS),
                            "eps": EPS, "weight_decay": WEIGHT_DECAY, "grad_clip": grad_clip, "ema_beta": ema_beta,
                            "ema_power": ema_power, "world_size": world,
-                           "freeze_encoder": freeze_encoder}}
+                           "freeze_encoder": freeze_encoder, "genre_balance": genre_balance}}
         try:
             if stage == "autoencoder":
                 weights = {"dmae": ema.state_dict()}
@@ -959,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ema-power", type=float, default=0.7)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--genre-balance", type=float,
+                   help="draw tracks by length x genre length ** -B (0 = by length, 1 = genres alike; default 0)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train the decoder only (the encoder, and so the latents, stay fixed)")
     a = p.parse_args(argv)
@@ -968,7 +974,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   sample_every=a.sample_every, log_every=a.log_every, dmae=a.dmae, grad_clip=a.grad_clip,
                   ema_beta=a.ema_beta, ema_power=a.ema_power, sample_steps=a.sample_steps,
                   progress=False if a.no_progress else None, tensorboard=not a.no_tensorboard,
-                  init_from=a.init_from, freeze_encoder=True if a.freeze_encoder else None)
+                  init_from=a.init_from, freeze_encoder=True if a.freeze_encoder else None,
+                  genre_balance=a.genre_balance)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

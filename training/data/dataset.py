@@ -242,6 +242,32 @@ class AudioFolder(Dataset):
         return float(self.durations.sum())
 
 
+def track_genre(meta: dict) -> str:
+    """The genre a track is balanced by: metadata "genre" (the first one of a list), "" when it has none."""
+    g = meta.get("genre")
+    if isinstance(g, (list, tuple)):
+        g = g[0] if g else ""
+    return str(g).strip().lower() if g is not None else ""
+
+
+def sampling_cdf(tracks: Sequence[Track], lengths: np.ndarray, genre_balance: float = 0.0) -> np.ndarray:
+    """Cumulative probabilities of drawing each track: its length times (its genre's total length) ** -genre_balance.
+
+    0 draws by length (every second of audio alike), 1 gives every genre the same share, 0.5 is between: the
+    corpus has 6.7 h of electronic and 6 min of jazz, and a text-conditional model sees too little of a small genre
+    to learn its word."""
+    w = np.asarray(lengths, np.float64)
+    if genre_balance:
+        genres = [track_genre(t.meta) for t in tracks]
+        total: dict[str, float] = {}
+        for g, n in zip(genres, w):
+            total[g] = total.get(g, 0.0) + n
+        w = w * np.array([total[g] for g in genres]) ** -float(genre_balance)
+    cdf = np.cumsum(w / w.sum())
+    cdf[-1] = 1.0
+    return cdf
+
+
 # --------------------------------------------------------------------------------------------------
 # RandomCrops
 # --------------------------------------------------------------------------------------------------
@@ -288,6 +314,7 @@ class RandomCrops(IterableDataset):
         batch_size: items per :meth:`batch`.
         sr: output sample rate (files at another rate are resampled with soxr HQ).
         start_step / steps: iteration range for ``__iter__`` (``steps=None`` iterates forever).
+        genre_balance: 0 draws files by length; > 0 shifts draws toward small genres (see :func:`sampling_cdf`).
         cache_bytes: memory cap of the LRU cache of decoded files. FLAC/WAV files already at ``sr`` are
             read by seeking to the crop (no cache needed); compressed or other-rate files are decoded
             whole, resampled once and cached.
@@ -303,7 +330,7 @@ class RandomCrops(IterableDataset):
 
     def __init__(self, folder: Union[AudioFolder, PathLike], crop_length: int, seed: int = 0,
                  batch_size: int = 8, sr: int = 48000, start_step: int = 0, steps: Optional[int] = None,
-                 cache_bytes: int = 2 << 30):
+                 cache_bytes: int = 2 << 30, genre_balance: float = 0.0):
         super().__init__()
         self.folder = folder if isinstance(folder, AudioFolder) else AudioFolder(folder, sr=sr)
         if crop_length <= 0:
@@ -321,9 +348,7 @@ class RandomCrops(IterableDataset):
         # Lengths at the output rate; files shorter than a crop still get a chance proportional to length.
         self._len_out = np.array([max(1, int(round(t.frames * self.sr / t.samplerate))) for t in tracks],
                                  dtype=np.int64)
-        w = self._len_out.astype(np.float64)
-        self._cdf = np.cumsum(w / w.sum())
-        self._cdf[-1] = 1.0
+        self._cdf = sampling_cdf(tracks, self._len_out, genre_balance)
         short = [t.rel for t, n in zip(tracks, self._len_out) if n < self.crop_length]
         self.short_files = short
         if short:
