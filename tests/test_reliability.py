@@ -296,6 +296,12 @@ def test_cli_train_refuses_bad_input(tmp_path, case, args, match):
     ("fit_envelope_no_corpus", ["checkpoint", "fit-envelope", "@", "--data", "@o"], "not a corpus folder"),
     ("fit_envelope_too_few_clips", ["checkpoint", "fit-envelope", "@", "--data", "@o", "--clips", "3"],
      "Invalid value for '--clips'"),
+    ("train_encoder_no_corpus", ["checkpoint", "train-encoder", "@", "--data", "@o", "--out", "@o"],
+     "not a corpus folder"),
+    ("train_encoder_zero_steps", ["checkpoint", "train-encoder", "@", "--data", "@o", "--out", "@o", "--steps", "0"],
+     "Invalid value for '--steps'"),
+    ("train_genre_balance_out_of_range", ["train", "generator", "--out", "@o", "--genre-balance", "2"],
+     "Invalid value for '--genre-balance'"),
 ]))
 def test_cli_other_commands_refuse_bad_input(tmp_path, case, args, match):
     args = [str(tmp_path / "x") if a == "@" else str(tmp_path / "o") if a == "@o" else a for a in args]
