@@ -127,3 +127,24 @@ def test_eval_cli_refuses_missing_inputs(args, match):
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_report_states_both_decoder_ceilings():
+    from training.eval.report import format_report
+
+    ceiling = {"clips": 32, "steps": 4, "genres": 7, "real_accuracy": 0.594, "reconstructed_accuracy": 0.344,
+               "reconstructed_accuracy_no_postfilter": 0.1}
+    midi = {**ceiling, "clips": 21, "genres": 14, "real_accuracy": 0.905, "reconstructed_accuracy": 0.714}
+    doc = {"bundle": "b", "manifest_sha256": "0" * 64, "defaults": {}, "generate_kw": {}, "genres": ["x", "y"],
+           "classifier": {"val_accuracy": 0.7}, "seconds": 1.0,
+           "reconstruction": {"clips": 1, "rows": [{"method": "m", "log_mel_l1": 1.0, "mrstft_l1": 2.0, "seconds": 1}]},
+           "text": {"rows": [], "accuracy": 0.5, "chance": 0.5, "rtf": 0.3, "per_genre": {"x": 1.0, "y": 0.0},
+                    "confusion": [[1, 0], [1, 0]], "seed_pair_distance": 1.0},
+           "frechet": {"generated_vs_real": 3.0, "real_half_vs_half": 1.0, "generated_clips": 2, "real_clips": 2},
+           "decoder_ceiling": ceiling, "decoder_ceiling_midi": midi}
+    text = format_report(doc)
+    assert "on 32 real held-out clips (7 genres) the classifier scores 0.594" in text
+    assert "0.344 with the envelope post-filter (0.100 without it)" in text
+    assert "on 21 unseen MIDI clips (new seeds, one per style, 10 s) (14 genres) the classifier scores 0.905" in text
+    assert "0.714" in text
+    assert "unseen MIDI" not in format_report({**doc, "decoder_ceiling_midi": None})

@@ -8,7 +8,7 @@ exported to ONNX (`engines/eval-genre-cnn/`) and run with ONNX Runtime, so the e
     clf = GenreClassifier("engines/eval-genre-cnn")       # onnxruntime: probabilities + 128-d embeddings
 
 Validation data the classifier never saw: the corpus' held-out real tracks, and MIDI in the corpus' styles rendered
-with seeds the corpus does not use (`heldout_midi_clips`), so every genre has unseen examples.
+with seeds the corpus does not use (`heldout_midi_audio`), so every genre has unseen examples.
 """
 from __future__ import annotations
 
@@ -107,10 +107,10 @@ def corpus_tracks(corpus: str | Path, split: str, genres: Sequence[str],
     return out
 
 
-def heldout_midi_tracks(genres: Sequence[str], per_style: int = 1, seconds: float = 40.0, seed: int = 7919
-                        ) -> list[LabelledTrack]:
+def heldout_midi_audio(genres: Sequence[str], per_style: int = 1, seconds: float = 40.0, seed: int = 7919
+                       ) -> list[tuple[str, str, np.ndarray]]:
     """MIDI in the corpus' styles, composed with seeds the corpus never uses (it uses seed 0's plan), rendered with
-    the same soundfont: unseen examples for the genres that have no held-out recording."""
+    the same soundfont: unseen examples for the genres that have no held-out recording. [(name, genre, audio)]"""
     from training.data.corpus import midi
 
     ok, sf = midi.fluidsynth_status()
@@ -122,9 +122,15 @@ def heldout_midi_tracks(genres: Sequence[str], per_style: int = 1, seconds: floa
             continue
         for k in range(per_style):
             s = seed * 100003 + 1000 * list(midi.STYLES).index(name) + k
-            audio = midi.render(midi.generate(name, s, seconds), SR, sf)
-            out.append(LabelledTrack(f"midi:{name}:{s}", style.family, clip_features(audio).astype(np.float16)))
+            out.append((f"midi:{name}:{s}", style.family, midi.render(midi.generate(name, s, seconds), SR, sf)))
     return out
+
+
+def heldout_midi_tracks(genres: Sequence[str], per_style: int = 1, seconds: float = 40.0, seed: int = 7919
+                        ) -> list[LabelledTrack]:
+    """heldout_midi_audio as classifier features."""
+    return [LabelledTrack(name, genre, clip_features(audio).astype(np.float16))
+            for name, genre, audio in heldout_midi_audio(genres, per_style, seconds, seed)]
 
 
 def clip_windows(track: LabelledTrack, per_track: int, frames: int) -> list[np.ndarray]:

@@ -150,10 +150,15 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
                              "rows": [r.__dict__ for r in rows]}
     ceiling_clips = R.holdout_clips(corpus, seconds=G.CLIP_SECONDS, per_track=recon_per_track, real_only=False)
     doc["decoder_ceiling"] = decoder_ceiling(pipe, clf, ceiling_clips, decoder_steps)
+    # the genres with no held-out recording: unseen MIDI (new seeds), a 10 s clip from 2 s into each style
+    midi_clips = [R.Clip(name, g, np.ascontiguousarray(a[:, 2 * G.SR:12 * G.SR], np.float32))
+                  for name, g, a in G.heldout_midi_audio(genres, seconds=14.0, seed=4242)]
+    doc["decoder_ceiling_midi"] = decoder_ceiling(pipe, clf, midi_clips, decoder_steps)
     if bare is not None:
-        doc["decoder_ceiling"]["postfilter"] = True
-        doc["decoder_ceiling"]["reconstructed_accuracy_no_postfilter"] = decoder_ceiling(
-            bare, clf, ceiling_clips, decoder_steps)["reconstructed_accuracy"]
+        for key, cl in (("decoder_ceiling", ceiling_clips), ("decoder_ceiling_midi", midi_clips)):
+            doc[key]["postfilter"] = True
+            doc[key]["reconstructed_accuracy_no_postfilter"] = decoder_ceiling(
+                bare, clf, cl, decoder_steps)["reconstructed_accuracy"]
     # text relevance, FD, diversity
     prompts = genre_prompts(corpus, genres)
     rel = text_relevance(pipe, clf, prompts, seeds=seeds, seconds=seconds, log=log, **generate_kw)
@@ -175,10 +180,10 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
     return doc
 
 
-def _ceiling_lines(c: dict | None) -> list[str]:
+def _ceiling_lines(c: dict | None, what: str = "real held-out clips") -> list[str]:
     if not c or not c.get("clips"):
         return []
-    return [f"Decoder ceiling: on {c['clips']} real held-out clips ({c['genres']} genres) the classifier scores "
+    return [f"Decoder ceiling: on {c['clips']} {what} ({c['genres']} genres) the classifier scores "
             f"{c['real_accuracy']:.3f}; on the same clips after decode(encode(x)) at {c['steps']} decoder steps, "
             f"{c['reconstructed_accuracy']:.3f}"
             + (f" with the envelope post-filter ({c['reconstructed_accuracy_no_postfilter']:.3f} without it)"
@@ -210,6 +215,7 @@ def format_report(doc: dict) -> str:
            f"The classifier's own held-out accuracy on real/unseen clips: "
            f"{doc['classifier'].get('val_accuracy', float('nan')):.3f}.", "",
            *_ceiling_lines(doc.get("decoder_ceiling")),
+           *_ceiling_lines(doc.get("decoder_ceiling_midi"), "unseen MIDI clips (new seeds, one per style, 10 s)"),
            _md_table(["genre", "accuracy", "prompts"],
                      [[g, f"{a:.2f}", "; ".join(sorted({r['prompt'] for r in t['rows'] if r['genre'] == g}))]
                       for g, a in t["per_genre"].items()]), "",
