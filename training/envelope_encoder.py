@@ -34,6 +34,7 @@ from mousai_runtime.envelope import Envelope
 from .checkpoint import load_models, read_config, save_checkpoint
 from .envelope import targets
 
+
 def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, steps: int = 1500,
                   batch_size: int = 16, crop_length: int = 2 ** 17, lr: float = 1e-3, context: int = 3,
                   bands: int = 32, seed: int = 0, eval_every: int = 250, val_seconds: float = 5.0,
@@ -88,7 +89,8 @@ def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, s
 
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    cosine = lambda k: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     history = [{"step": 0, **evaluate()}]
     log(f"envelope encoder: {len(val_clips)} held-out clips; before: val R^2 {history[0]['val_r2']:.3f} (linear head "
         f"untrained), saturation {history[0]['saturation']:.3f}")
