@@ -14,7 +14,8 @@ as it was and must then be trained on with the encoder frozen (`train autoencode
 and the generator trained on the new latents. The latent stays what Moûsai's is: tanh of a 1D conv encoder of the
 magnitude STFT, 32 channels at 1/1024 of the audio rate.
 
-    python -m training.envelope_encoder CKPT --data CORPUS --out NEW_CKPT [--steps 1500] [--threads 2]   (also: mousai checkpoint train-encoder)
+    python -m training.envelope_encoder CKPT --data CORPUS --out NEW_CKPT [--steps 1500] [--threads 2]
+    mousai checkpoint train-encoder CKPT --data CORPUS --out NEW_CKPT      (the same)
 """
 from __future__ import annotations
 
