@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from mousai_runtime.envelope import Envelope
 
 from .checkpoint import load_models, read_config, save_checkpoint
-from .envelope import targets
+from .envelope import DEFAULTS, targets
 
 
 def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, steps: int = 1500,
@@ -53,9 +53,11 @@ def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, s
     hop, sr = cfg.dmae.hop, cfg.dmae.sample_rate
     if crop_length % hop:
         raise ValueError(f"crop_length must be a multiple of the latent hop {hop}")
-    env = Envelope(np.zeros((1, 1), np.float32), sr, hop, 1024, 256, bands, 2, context, (-12.0, 2.0))
+    # the post-filter's own STFT settings, so the encoder learns exactly what fit-envelope will read back
+    env = Envelope(np.zeros((1, 1), np.float32), sr, hop, DEFAULTS["n_fft"], DEFAULTS["hop"], bands,
+                   cfg.dmae.encoder.in_channels, context, DEFAULTS["gain_range"])
     torch.manual_seed(seed)
-    head = nn.Conv1d(cfg.dmae.latent_channels, 2 * bands * env.sub, 2 * context + 1, padding=context)
+    head = nn.Conv1d(cfg.dmae.latent_channels, env.channels * bands * env.sub, 2 * context + 1, padding=context)
     crops = RandomCrops(corpus, crop_length, seed=seed, batch_size=batch_size, sr=sr)
     frames = crop_length // hop
 
