@@ -236,6 +236,10 @@ def train(
     genre_balance: Optional[float] = typer.Option(None, "--genre-balance", min=0.0, max=1.0,
                                                   help="Draw tracks by length x (genre length)^-B: 0 by length, 1 "
                                                   "every genre alike (default: the run's own; 0 for a new run)."),
+    short_captions: Optional[float] = typer.Option(None, "--short-captions", min=0.0, max=1.0,
+                                                   help="generator: share of captions cut to 1-3 fragments, so "
+                                                   "short typed prompts ('jazz') are trained on (default: the "
+                                                   "run's own; 0 for a new run)."),
 ) -> None:
     """Train the DMAE or the generator (AdamW, EMA, atomic checkpoints, exact --resume, DDP under torchrun)."""
     try:
@@ -249,7 +253,7 @@ def train(
                            seed=seed, threads=threads, ckpt_every=ckpt_every, sample_every=sample_every,
                            dmae=str(dmae) if dmae else None, progress=progress,
                            init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder,
-                           genre_balance=genre_balance)
+                           genre_balance=genre_balance, short_captions=short_captions)
     except (TrainingError, ValueError, FileNotFoundError) as e:
         if new_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
             import shutil

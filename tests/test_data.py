@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import os
 import warnings
@@ -227,6 +229,30 @@ def test_caption_never_empty():
     assert caption_from_metadata({"instruments": ["piano", "bass"], "bpm": 90.4}, np.random.default_rng(3))
     texts = {caption_from_metadata({"style": "jazz", "genre": "Jazz", "bpm": 90.4}, rng) for _ in range(300)}
     assert all(t.lower().count("jazz") <= 1 for t in texts) and {"Jazz 90 bpm", "90 bpm, Jazz"} <= texts
+
+
+def test_short_captions_cut_a_share_to_one_to_three_fragments_and_keep_the_other_draws():
+    """short=s cuts a share s of the captions to their first 1, 2 or 3 fragments (uniform): prompts as people type
+    them. The draws before the cut are unchanged, so each short caption is the head of the caption short=0 gives,
+    and short=0 gives the captions of runs made before the option existed."""
+    meta = {"title": "Alpha", "artist": "Beta", "album": "Gamma", "genre": "Delta", "year": 1999, "mood": "calm",
+            "tempo": "fast"}
+    n, lengths, singles = 3000, Counter(), Counter()
+    for i in range(n):
+        full = caption_from_metadata(meta, np.random.default_rng(i))
+        assert caption_from_metadata(meta, np.random.default_rng(i), short=0.0) == full
+        c = caption_from_metadata(meta, np.random.default_rng(i), short=0.5)
+        joiner = ", " if ", " in full else " "
+        parts, full_parts = c.split(joiner), full.split(joiner)
+        assert parts == full_parts[:len(parts)], (c, full)
+        lengths[len(parts)] += 1
+        if len(parts) == 1:
+            singles[c] += 1
+        assert len(caption_from_metadata(meta, np.random.default_rng(i), short=1.0).split(joiner)) <= 3
+    short = sum(lengths[k] for k in (1, 2, 3)) / n
+    assert 0.45 < short < 0.55, lengths  # 0.5, plus the ~0.3 % of full captions that lost 4 of their 7 values
+    assert all(0.27 < lengths[k] / (short * n) < 0.40 for k in (1, 2, 3)), lengths
+    assert set(singles) == {"Alpha", "Beta", "Gamma", "Delta", "1999", "calm", "fast"}  # any fragment alone
 
 
 # ------------------------------------------------------------------------------------------------- midi

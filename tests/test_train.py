@@ -367,6 +367,33 @@ def test_freeze_encoder_is_for_the_autoencoder(corpus, cfg_file, tmp_path):
         T.train("generator", corpus, cfg_file, tmp_path / "g", steps=1, freeze_encoder=True, dmae=tmp_path, **FAST)
 
 
+def test_short_captions_is_a_generator_run_setting(corpus, cfg_file, tmp_path):
+    """Saved with the run and kept on --resume; refused for the DMAE (it reads no text) and out of [0, 1]; the
+    latent crops cut that share of their captions, the other draws staying as they were."""
+    with pytest.raises(ValueError, match="generator stage only"):
+        T.train("autoencoder", corpus, cfg_file, tmp_path / "a", steps=1, short_captions=0.5, **FAST)
+    with pytest.raises(ValueError, match="short_captions"):
+        T.train("generator", corpus, cfg_file, tmp_path / "b", steps=1, short_captions=1.5, **FAST)
+    ae = tmp_path / "ae"
+    T.train("autoencoder", corpus, cfg_file, ae, steps=1, ckpt_every=1, **FAST)
+    out = tmp_path / "gen"
+    T.train("generator", corpus, None, out, steps=1, ckpt_every=0, dmae=ae / "checkpoint", short_captions=0.5, **FAST)
+    T.train("generator", corpus, None, out, steps=2, resume=True, ckpt_every=0, **FAST)
+    assert json.loads((out / "state" / "state.json").read_text())["hparams"]["short_captions"] == 0.5
+    from training.data.dataset import AudioFolder
+
+    folder = AudioFolder(corpus)
+    latents = [torch.zeros(2, 32, 8) for _ in folder.tracks]
+    items = [(k, i) for k in range(200) for i in range(2)]
+    texts = {s: [T.LatentCrops(folder, latents, 0, short_captions=s).item(k, i)[1] for k, i in items]
+             for s in (0.0, 1.0)}
+    assert all(full.startswith(c) for full, c in zip(texts[0.0], texts[1.0]))
+    fragments = {t.meta[k] for t in folder.tracks for k in ("title", "genre")}
+    single = {s: np.mean([t in fragments for t in texts[s]]) for s in texts}
+    # two fragments per track: one alone in ~19 % of draws by dropout; + 1/3 of the rest when every caption is cut
+    assert single[0.0] < 0.27 and single[1.0] > 0.36, single
+
+
 def test_sigterm_saves_the_step_and_exits_cleanly(corpus, cfg_file, tmp_path):
     """A background run (SIGINT ignored, as a shell's `cmd &` leaves it) stops on SIGTERM with its step saved."""
     out = tmp_path / "run"

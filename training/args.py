@@ -55,7 +55,8 @@ def check_seed(name: str, v: Any, optional: bool = False) -> int | None:
 
 def check_train_args(*, steps: Any, batch_size: Any, crop_length: Any, lr: Any, seed: Any, threads: Any,
                      ckpt_every: Any, sample_every: Any, log_every: Any, grad_clip: Any, ema_beta: Any,
-                     ema_power: Any, sample_steps: Any, genre_balance: Any = None) -> None:
+                     ema_power: Any, sample_steps: Any, genre_balance: Any = None,
+                     short_captions: Any = None) -> None:
     """ValueError (one line) for the first training argument outside its range; None = the default / the run's."""
     check_int("steps", steps, 0, MAX_STEPS)
     check_int("batch_size", batch_size, 1, MAX_BATCH, optional=True)
@@ -71,3 +72,4 @@ def check_train_args(*, steps: Any, batch_size: Any, crop_length: Any, lr: Any, 
     check_float("ema_power", ema_power, 0.0, 100.0, lo_open=True)
     check_int("sample_steps", sample_steps, 1, 10000)
     check_float("genre_balance", genre_balance, 0.0, 1.0, optional=True)
+    check_float("short_captions", short_captions, 0.0, 1.0, optional=True)

@@ -319,13 +319,16 @@ class LatentCrops:
     """Latent crops + captions, a pure function of (seed, step): the stage-2 counterpart of RandomCrops.
 
     Item i of step k uses np.random.default_rng([seed, k, i]) to pick a track (weighted by its crop count, i.e.
-    its length, and by its genre's share under genre_balance > 0) and a crop; the caption is drawn as in RandomCrops with default_rng([seed, k, i, 1]).
+    its length, and by its genre's share under genre_balance > 0) and a crop; the caption is drawn as in
+    RandomCrops with default_rng([seed, k, i, 1]), cut short with probability short_captions.
     """
 
-    def __init__(self, folder: Any, latents: list[Tensor], seed: int, genre_balance: float = 0.0):
+    def __init__(self, folder: Any, latents: list[Tensor], seed: int, genre_balance: float = 0.0,
+                 short_captions: float = 0.0):
         from .data.dataset import sampling_cdf
 
         self.folder, self.latents, self.seed = folder, latents, int(seed)
+        self.short_captions = float(short_captions)
         self._cdf = sampling_cdf(folder.tracks, np.array([lat.shape[0] for lat in latents]), genre_balance)
 
     def item(self, step: int, i: int) -> tuple[Tensor, str]:
@@ -334,7 +337,8 @@ class LatentCrops:
         rng = np.random.default_rng([self.seed, int(step), int(i)])
         idx = int(min(np.searchsorted(self._cdf, rng.random(), side="right"), len(self._cdf) - 1))
         crop = int(rng.integers(self.latents[idx].shape[0]))
-        text = caption_from_metadata(self.folder.tracks[idx].meta, np.random.default_rng([self.seed, int(step), int(i), 1]))
+        text = caption_from_metadata(self.folder.tracks[idx].meta, np.random.default_rng([self.seed, int(step), int(i), 1]),
+                                     self.short_captions)
         return self.latents[idx][crop], text
 
 
@@ -504,6 +508,7 @@ def train(
     init_from: str | os.PathLike | None = None,
     freeze_encoder: bool | None = None,
     genre_balance: float | None = None,
+    short_captions: float | None = None,
 ) -> TrainResult:
     """Train stage "autoencoder" (DMAE) or "generator" (text-to-latent) into the run folder `out`.
 
@@ -534,6 +539,9 @@ def train(
             `encoder_sha256` says which latents a DMAE makes. None = the run's own setting (default off).
         genre_balance: draw tracks by length x (their genre's total length) ** -genre_balance (0 = by length, 1 =
             every genre alike; data.dataset.sampling_cdf). None = the run's own setting (default 0).
+        short_captions: (generator stage) the share of captions cut to 1-3 fragments, so that short prompts
+            ("jazz") are in the training distribution (data.dataset.caption_from_metadata). None = the run's own
+            setting (default 0).
 
     Raises TrainingError / ValueError (one-line messages) for bad input, a non-finite loss or a failed save.
     """
@@ -543,7 +551,8 @@ def train(
 
     check_train_args(steps=steps, batch_size=batch_size, crop_length=crop_length, lr=lr, seed=seed, threads=threads,
                      ckpt_every=ckpt_every, sample_every=sample_every, log_every=log_every, grad_clip=grad_clip,
-                     ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, genre_balance=genre_balance)
+                     ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, genre_balance=genre_balance,
+                     short_captions=short_captions)
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if threads is not None:
@@ -566,7 +575,7 @@ def train(
                       sample_every=sample_every, log_every=log_every, dmae=dmae, grad_clip=grad_clip,
                       ema_beta=ema_beta, ema_power=ema_power, sample_steps=sample_steps, progress=progress,
                       tensorboard=tensorboard, rank=rank, world=world, device=device, init_from=init_from,
-                      freeze_encoder=freeze_encoder, genre_balance=genre_balance)
+                      freeze_encoder=freeze_encoder, genre_balance=genre_balance, short_captions=short_captions)
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -578,7 +587,8 @@ def train(
 
 def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr, seed, ckpt_every,
            sample_every, log_every, dmae, grad_clip, ema_beta, ema_power, sample_steps, progress, tensorboard,
-           rank, world, device, init_from=None, freeze_encoder=None, genre_balance=None) -> TrainResult:
+           rank, world, device, init_from=None, freeze_encoder=None, genre_balance=None,
+           short_captions=None) -> TrainResult:
     from .data.dataset import AudioFolder, RandomCrops
 
     t_start = time.time()
@@ -609,8 +619,11 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
     lr = _resolve("lr", lr, hp.get("lr"), 1e-4, False, notes)
     freeze_encoder = bool(_resolve("freeze_encoder", freeze_encoder, hp.get("freeze_encoder"), False, False, notes))
     genre_balance = float(_resolve("genre_balance", genre_balance, hp.get("genre_balance"), 0.0, False, notes))
+    short_captions = float(_resolve("short_captions", short_captions, hp.get("short_captions"), 0.0, False, notes))
     if freeze_encoder and stage != "autoencoder":
         raise ValueError("freeze_encoder applies to the autoencoder stage only")
+    if short_captions and stage != "generator":
+        raise ValueError("short_captions applies to the generator stage only (the DMAE reads no text)")
     if saved and hp.get("world_size") != world:
         notes.append(f"world size changed {hp.get('world_size')} -> {world} (no longer bit-identical)")
     if data is None:
@@ -733,7 +746,8 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
             build_latent_cache(folder, dmae_model, dmae_sha, crop_length, cache_dir, log=log)
         if world > 1:
             dist.barrier()
-        lcrops = LatentCrops(folder, load_latent_cache(folder, dmae_sha, crop_length, cache_dir), seed, genre_balance)
+        lcrops = LatentCrops(folder, load_latent_cache(folder, dmae_sha, crop_length, cache_dir), seed, genre_balance,
+                             short_captions)
         text_cache = TextCache(cfg.text.encoder, cfg.text.max_length, out / "text_cache", writer=main)
         if text_cache.encoder.features != cfg.text.features:
             raise ValueError(f"text encoder gives {text_cache.encoder.features} features, config says {cfg.text.features}")
@@ -772,7 +786,8 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
                "hparams": {"batch_size": batch_size, "crop_length": crop_length, "lr": lr, "betas": list(BETAS),
                            "eps": EPS, "weight_decay": WEIGHT_DECAY, "grad_clip": grad_clip, "ema_beta": ema_beta,
                            "ema_power": ema_power, "world_size": world,
-                           "freeze_encoder": freeze_encoder, "genre_balance": genre_balance}}
+                           "freeze_encoder": freeze_encoder, "genre_balance": genre_balance,
+                           "short_captions": short_captions}}
         try:
             if stage == "autoencoder":
                 weights = {"dmae": ema.state_dict()}
@@ -965,6 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--genre-balance", type=float,
                    help="draw tracks by length x genre length ** -B (0 = by length, 1 = genres alike; default 0)")
+    p.add_argument("--short-captions", type=float,
+                   help="generator: share of captions cut to 1-3 fragments, like typed prompts (default 0)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train the decoder only (the encoder, and so the latents, stay fixed)")
     a = p.parse_args(argv)
@@ -975,7 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   ema_beta=a.ema_beta, ema_power=a.ema_power, sample_steps=a.sample_steps,
                   progress=False if a.no_progress else None, tensorboard=not a.no_tensorboard,
                   init_from=a.init_from, freeze_encoder=True if a.freeze_encoder else None,
-                  genre_balance=a.genre_balance)
+                  genre_balance=a.genre_balance, short_captions=a.short_captions)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
