@@ -261,7 +261,9 @@ def train(
             shutil.rmtree(out, ignore_errors=True)  # refused before any work: leave no empty run folder behind
         raise fail(str(e))
     except KeyboardInterrupt:
-        raise fail("interrupted: the last step is saved; continue with --resume", code=130)
+        from training.train import interrupted_message
+
+        raise fail(interrupted_message(out), code=130)
     typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")
 
 

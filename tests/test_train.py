@@ -416,6 +416,16 @@ def test_sigterm_saves_the_step_and_exits_cleanly(corpus, cfg_file, tmp_path):
     assert state_step(out) >= 3  # ckpt_every 0: only the SIGTERM handler saved it
 
 
+def test_interrupted_message_says_whether_there_is_anything_to_resume(corpus, cfg_file, tmp_path):
+    """Stopped before its first save (e.g. while a generator encodes its latent cache) a run has nothing to
+    resume, and the message must not send the user to --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    assert "nothing to resume" in T.interrupted_message(out) and "--resume" not in T.interrupted_message(out)
+    T.train("autoencoder", corpus, cfg_file, out, steps=1, ckpt_every=1, **FAST)
+    assert T.interrupted_message(out) == "interrupted: the last step is saved; continue with --resume"
+
+
 def test_combine_pairs_a_generator_with_a_later_frozen_encoder_dmae(corpus, cfg_file, tmp_path):
     ae, gen = tmp_path / "ae", tmp_path / "gen"
     T.train("autoencoder", corpus, cfg_file, ae, steps=1, ckpt_every=1, **FAST)

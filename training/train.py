@@ -466,6 +466,15 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _sigterm)
 
 
+def interrupted_message(out: str | os.PathLike) -> str:
+    """What to tell someone who stopped a run: resume if a step was saved; before the first save there is nothing
+    to resume (a generator's latent cache keeps the files it encoded, so the same command starts faster)."""
+    if (Path(out).expanduser() / "state" / "state.json").is_file():
+        return "interrupted: the last step is saved; continue with --resume"
+    return ("interrupted before the first save: nothing to resume; run the same command again (encoded latents "
+            "are kept)")
+
+
 def _resolve(name: str, given: Any, saved: Any, default: Any, must_match: bool, notes: list[str]) -> Any:
     """A setting on resume: the saved value unless given; a given different value is an error or a note."""
     if given is None:
@@ -997,7 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the last step is saved; continue with --resume", file=sys.stderr)
+        print(interrupted_message(a.out), file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{r.stage}: step {r.step}, loss {r.loss}, {r.steps_per_second:.3f} steps/s, checkpoint {r.checkpoint}")
