@@ -302,6 +302,10 @@ def test_cli_train_refuses_bad_input(tmp_path, case, args, match):
      "Invalid value for '--steps'"),
     ("train_genre_balance_out_of_range", ["train", "generator", "--out", "@o", "--genre-balance", "2"],
      "Invalid value for '--genre-balance'"),
+    ("train_short_captions_out_of_range", ["train", "generator", "--out", "@o", "--short-captions", "-0.1"],
+     "Invalid value for '--short-captions'"),
+    ("train_short_captions_for_the_dmae", ["train", "autoencoder", "--out", "@o", "--short-captions", "0.5"],
+     "generator stage only"),
 ]))
 def test_cli_other_commands_refuse_bad_input(tmp_path, case, args, match):
     args = [str(tmp_path / "x") if a == "@" else str(tmp_path / "o") if a == "@o" else a for a in args]
