@@ -148,3 +148,25 @@ def test_report_states_both_decoder_ceilings():
     assert "on 21 unseen MIDI clips (new seeds, one per style, 10 s) (14 genres) the classifier scores 0.905" in text
     assert "0.714" in text
     assert "unseen MIDI" not in format_report({**doc, "decoder_ceiling_midi": None})
+    assert "captions of training tracks" not in text
+    cap = {"clips": 4, "genres": 2, "accuracy": 0.75, "per_genre": {"x": 1.0, "y": 0.5}, "rows": []}
+    assert ("captions of training tracks instead (4 clips, 2 genres, drawn as the trainer draws them): accuracy "
+            "0.750, against 0.500 with the short prompts above; genres heard at least once: x, y.") in \
+        format_report({**doc, "text_captions": cap})
+
+
+def test_training_captions_come_from_each_genres_training_tracks(tmp_path):
+    """Full-length captions as the trainer draws them, from the training split only, the same on every call."""
+    from training.eval.report import training_captions
+
+    metas = [{"path": "a.flac", "genre": "jazz", "mood": "smoky", "bpm": 120, "key": "F dorian", "split": "train"},
+             {"path": "b.flac", "genre": "jazz", "title": "Secret Holdout", "split": "holdout"},
+             {"path": "c.flac", "genre": "metal", "title": "Iron", "tempo": "fast"},
+             {"path": "d.flac", "genre": "pop", "split": "holdout"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metas) + "\n")
+    caps = training_captions(tmp_path, ["jazz", "metal", "pop"], per_genre=3)
+    assert caps == training_captions(tmp_path, ["jazz", "metal", "pop"], per_genre=3)
+    assert set(caps) == {"jazz", "metal"} and all(len(v) == 3 for v in caps.values())  # pop: no training track
+    assert all("Secret" not in c and "flac" not in c for c in caps["jazz"])
+    assert any(all(w in c for w in ("jazz", "smoky", "120 bpm", "F dorian")) for c in caps["jazz"])
+    assert all(set(c.replace(",", " ").split()) <= {"Iron", "metal", "fast"} for c in caps["metal"])
