@@ -45,16 +45,17 @@ def block_list() -> list[str]:
 
 
 def phase_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Names of the nodes a Sin or Cos input depends on (its producers, theirs, ... up to the graph inputs)."""
-    producer = {out: n for n in graph.node for out in n.output if out}
+    """Names of the nodes a Sin or Cos input depends on (its producers, theirs, ... up to the graph inputs).
+    Unnamed nodes are left out: the converter blocks by name, and "" would match every unnamed node."""
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output if out}
     todo = [x for n in graph.node if n.op_type in ("Sin", "Cos") for x in n.input]
-    seen: dict[str, None] = {}
+    seen: set[int] = set()
     while todo:
-        n = producer.get(todo.pop())
-        if n is not None and n.name not in seen:
-            seen[n.name] = None
-            todo.extend(n.input)
-    return list(seen)
+        i = producer.get(todo.pop())
+        if i is not None and i not in seen:
+            seen.add(i)
+            todo.extend(graph.node[i].input)
+    return [graph.node[i].name for i in sorted(seen) if graph.node[i].name]
 
 
 def convert(src: str | Path, dst: str | Path) -> list[str]:
