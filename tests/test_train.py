@@ -439,6 +439,10 @@ def test_combine_pairs_a_generator_with_a_later_frozen_encoder_dmae(corpus, cfg_
     assert all(torch.equal(mine[k], later[k].half().float()) for k in later)  # the later decoder, in fp16
     assert any(not torch.equal(later[k], load_file(str(gen / "checkpoint" / "dmae.safetensors"))[k])
                for k in later if k.startswith("decoder."))
+    # a combined checkpoint as the DMAE source (how the default is re-shipped): its DMAE's meta, not its generator's
+    again = checkpoint.combine(gen / "checkpoint", out, tmp_path / "again")
+    assert read_config(again)[1]["dmae"] == read_config(out)[1]["dmae"]
+    assert read_config(again)[1]["dmae"]["stage"] == "autoencoder" and read_config(again)[1]["dmae"]["step"] == 3
     T.train("autoencoder", None, None, tmp_path / "ae-unfrozen", steps=3, resume=True, **FAST)
     with pytest.raises(checkpoint.CheckpointError, match="another encoder"):
         checkpoint.combine(gen / "checkpoint", tmp_path / "ae-unfrozen" / "checkpoint", tmp_path / "bad")

@@ -197,6 +197,8 @@ def combine(generator_ckpt: str | Path, dmae_ckpt: str | Path, out: str | Path, 
     weights must be equal (at the lower of the two precisions) and the DMAE configs identical."""
     gcfg, gmeta = read_config(generator_ckpt)
     dcfg, dmeta = read_config(dmae_ckpt)
+    if isinstance(dmeta.get("dmae"), dict):  # a combined checkpoint: its own meta is its generator's
+        dmeta = dmeta["dmae"]
     gen = load_weights(generator_ckpt, "generator")
     old, new = load_weights(generator_ckpt, "dmae"), load_weights(dmae_ckpt, "dmae")
     if gcfg.dmae != dcfg.dmae:
