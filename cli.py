@@ -381,13 +381,13 @@ def checkpoint_fit_envelope(
 ) -> None:
     """Fit the envelope post-filter of a checkpoint's DMAE: a linear map (closed form) from its latent to the log
     power of 32 mel bands per channel, written to CKPT/envelope.safetensors and shipped by `mousai export`. The
-    runtime uses it to remove energy the decoder invents (mousai_runtime/envelope.py); it depends only on the
+    runtime uses it to remove energy the decoder invents (mousai_runtime/postfilter.py); it depends only on the
     encoder, so a DMAE trained on with --freeze-encoder keeps it."""
     try:
         import torch
 
         from training.checkpoint import CheckpointError
-        from training.envelope import fit_checkpoint
+        from training.postfilter import fit_checkpoint
     except ImportError as e:
         raise fail(f"needs the training extras: pip install 'mousai[train]' ({e})")
     if not (data / "metadata.jsonl").is_file():

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(block.T)
     wall = time.perf_counter() - t0
     print(json.dumps({"wall": wall, "peak_rss_mb": peak_rss_mb(), "rss_loaded_mb": loaded, "clip_mb": clip_mb,
-                      "seconds": a.seconds, "mode": a.mode, "threads": pipe.engine.threads}))
+                      "seconds": a.seconds, "mode": a.mode, "threads": pipe.backend.threads}))
     return 0
 
 

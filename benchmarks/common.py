@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-DEFAULT_CACHE = Path(os.environ.get("MOUSAI_BENCH_CACHE", "/work/bench-cache"))
+DEFAULT_CACHE = Path(os.environ.get("MOUSAI_BENCH_CACHE", Path.home() / ".cache" / "mousai" / "bench"))
 SR = 48000
 
 

@@ -14,7 +14,6 @@ error is within what diffusion tolerates: the export bound is 1e-4 per step for 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

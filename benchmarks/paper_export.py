@@ -1,6 +1,6 @@
 """Export the paper-size generator step and decoder step (random weights, speed only) once, into a cache folder.
 
-    python -m benchmarks.paper_export --cache /work/bench-cache/paper [--only generator|decoder]
+    python -m benchmarks.paper_export [--cache DIR] [--only generator|decoder]
 
 Uses the bundle exporter's own per-component functions (mousai_export.onnx.export_generator / export_decoder), so
 the graphs are the ones a paper-size bundle would hold; the generator (861M parameters, 3.4 GB fp32) is written
@@ -14,6 +14,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from .common import DEFAULT_CACHE
 
 
 def build_models(seed: int = 0, which: tuple[str, ...] = ("generator", "decoder")):
@@ -36,7 +38,7 @@ def build_models(seed: int = 0, which: tuple[str, ...] = ("generator", "decoder"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", default="/work/bench-cache/paper")
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE / "paper"))
     ap.add_argument("--only", choices=["generator", "decoder"], default=None)
     a = ap.parse_args(argv)
     from mousai_export import onnx as ox

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from .common import interleaved, machine_line, med, other_load, spread, table
 
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     on = Pipeline(a.model, threads=a.threads)
     off = Pipeline(a.model, threads=a.threads, postfilter=False)
-    if on.envelope is None:
+    if on.postfilter is None:
         raise SystemExit(f"{a.model} has no post-filter")
     print(machine_line())
     print(other_load())
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         audio = off.decode(latent, seed=0, samples=samples)[None]
         t = interleaved({"with": lambda: on.decode(latent, seed=0, samples=samples),
                          "without": lambda: off.decode(latent, seed=0, samples=samples),
-                         "alone": lambda: on.envelope.apply(audio, latent)}, reps=a.reps)
+                         "alone": lambda: on.postfilter.apply(audio, latent)}, reps=a.reps)
         rows.append([f"{s:g} s", spread(t["without"]), spread(t["with"]), spread(t["alone"]),
                      f"{med(t['with']) / med(t['without']):.3f}", f"{med(t['alone']) / s:.4f}"])
     print(table(["clip", "decode without", "decode with post-filter", "post-filter alone",

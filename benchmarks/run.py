@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="10,60,600", help="table 3 lengths in seconds")
     ap.add_argument("--markdown", default=None, help="also append the tables to this file")
     a = ap.parse_args(argv)
-    from mousai_runtime.engines import idle_cores
+    from mousai_runtime.backends import idle_cores
 
     threads = a.threads or idle_cores()
     want = {int(t) for t in a.tables.split(",") if t.strip()}

@@ -51,16 +51,16 @@ def table1(bundle: str, checkpoint: str, threads: int, reps: int = 5, e2e_reps: 
     """Runtime (numpy + ORT) vs PyTorch eager: per component and end to end, same checkpoint / steps / seed."""
     import torch
 
-    from mousai_export.torch_engine import TorchEngine
+    from mousai_export.torch_backend import TorchBackend
     from mousai_runtime import Pipeline
-    from mousai_runtime.engines import OrtEngine
+    from mousai_runtime.backends import OrtBackend
     from mousai_runtime.stft import magnitude_stft
 
-    pipe_o = Pipeline(bundle, engine="onnx", threads=threads)
+    pipe_o = Pipeline(bundle, backend="onnx", threads=threads)
     b = pipe_o.bundle
-    ort_e: OrtEngine = pipe_o.engine
-    torch_e = TorchEngine(checkpoint, threads=threads)
-    pipe_t = Pipeline(bundle, engine=torch_e, checkpoint=checkpoint)
+    ort_e: OrtBackend = pipe_o.backend
+    torch_e = TorchBackend(checkpoint, threads=threads)
+    pipe_t = Pipeline(bundle, backend=torch_e, checkpoint=checkpoint)
     enc = pipe_o.tokenizer.encode(prompt_text())
     st = b.stft
     audio = np.random.default_rng(0).standard_normal((1, 2, int(seconds * SR) // b.hop * b.hop)).astype(np.float32)
@@ -144,13 +144,13 @@ def eval_quality(bundle: str, report: str | Path = Path(__file__).resolve().pare
     """The eval report's headline numbers if it measured this bundle (same manifest) at its defaults."""
     import json
 
-    from mousai_runtime.bundle import sha256_file
+    from mousai_runtime.files import sha256_file
 
     try:
         doc = json.loads(Path(report).read_text())
     except (OSError, ValueError):
         return "not evaluated"
-    if doc.get("manifest_sha256") != sha256_file(Path(bundle) / "manifest.json")[0] or doc.get("generate_kw"):
+    if doc.get("manifest_sha256") != sha256_file(Path(bundle) / "manifest.json") or doc.get("generate_kw"):
         return "not evaluated at these settings"
     rec = next((r for r in doc["reconstruction"]["rows"] if r["method"].startswith("DMAE")), None)
     return (f"genre acc {doc['text']['accuracy']:.3f} (chance {doc['text']['chance']:.3f}), FD "
@@ -163,7 +163,7 @@ def table2(bundle: str, threads: int, reps: int = 3, lengths: tuple[float, ...] 
     from mousai_runtime import Pipeline
 
     new = Pipeline(bundle, threads=threads)
-    old = Pipeline(bundle, engine=new.engine, chunk_seconds=10.0, balance_chunks=False)
+    old = Pipeline(bundle, backend=new.backend, chunk_seconds=10.0, balance_chunks=False)
     s_new = settings_of(new)
     s_old = dict(BASELINE, guidance=s_new["guidance"])
     rows = []
@@ -210,7 +210,7 @@ def table4(bundle: str, threads: int, reps: int = 3, lengths: tuple[float, ...] 
     from mousai_runtime import Pipeline
 
     default = Pipeline(bundle, threads=threads)
-    small = Pipeline(bundle, engine=default.engine, chunk_seconds=6.0)  # ~2 x the overlap: earlier first audio
+    small = Pipeline(bundle, backend=default.backend, chunk_seconds=6.0)  # ~2 x the overlap: earlier first audio
     s = settings_of(default)
     rows = []
     for sec in lengths:

@@ -1,6 +1,6 @@
 """Write a bundle (docs/bundle-format.md): export every component, measure parity, write manifest.json.
 
-The bundle is assembled in a temp folder beside `out` and renamed into place (training.checkpoint.atomic_dir):
+The bundle is assembled in a temp folder beside `out` and renamed into place (mousai_runtime.files.atomic_dir):
 on any failure (bad checkpoint, exporter error, parity outside its bounds, Ctrl-C) nothing is left behind, and an
 existing bundle is replaced only with --force and only once the new one is complete.
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mousai_runtime.bundle import sha256_file
+from mousai_runtime.files import atomic_dir, sha256_and_size, sha256_file
 
 from . import ExportError
 
@@ -133,10 +133,6 @@ def _cached(kind: str, module: Any, config_repr: str, opset: int, path: Path,
     if e.files == [path.name] and path.stat().st_size <= CACHE_LIMIT_BYTES:
         _EXPORT_CACHE[key] = (path.read_bytes(), e.inputs, e.outputs)
     return e, False
-
-
-def clear_cache() -> None:
-    _EXPORT_CACHE.clear()
 
 
 # ------------------------------------------------------------------------------------------------- receptive field
@@ -308,13 +304,13 @@ def manifest_skeleton(config: Any, meta: dict[str, Any], ck: Path, name: str, fp
     e = d.encoder
     rf = receptive_field(d)
     full = kind == TEXT_TO_MUSIC
-    sources = {"checkpoint_config_sha256": sha256_file(ck / "config.json")[0], "model_name": config.name}
+    sources = {"checkpoint_config_sha256": sha256_file(ck / "config.json"), "model_name": config.name}
     if full:
         sources["text_encoder"] = config.text.encoder
     for comp in ("dmae", "generator"):
         f = ck / f"{comp}.safetensors"
         if f.is_file():
-            sources[f"{comp}_weights_sha256"] = sha256_file(f)[0]
+            sources[f"{comp}_weights_sha256"] = sha256_file(f)
     m = {
         "format": FORMAT,
         "version": VERSION,
@@ -380,8 +376,6 @@ def _fp16_measure(comp: str, fp32_path: Path, fp16_path: Path, models: dict, con
 def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = False, opset: int = 18,
                  check: bool = True, force: bool = False, progress: bool = True,
                  fp16_fallback: bool = False) -> dict[str, Any]:
-    from training.checkpoint import atomic_dir
-
     ck, o = _check_arguments(checkpoint, out, engine, opset, force)
     if fp16_fallback and not fp16:
         raise ExportError("--fp16-fallback keeps fp32 copies of the graphs of an fp16 bundle: use it with --fp16")
@@ -406,8 +400,6 @@ def build_bundle(checkpoint: str, out: str, engine: str = "onnx", fp16: bool = F
 
 def _build(ck: Path, o: Path, kind: str, engine: str, fp16: bool, opset: int, check: bool, force: bool,
            progress: bool, fp16_fallback: bool, steps: Steps) -> dict[str, Any]:
-    from training.checkpoint import atomic_dir
-
     steps.start(f"loading checkpoint {ck}" + ("" if kind == TEXT_TO_MUSIC else
                                              " (DMAE only: autoencoder bundle, encoder + decoder)"))
     config, meta, models = _load(ck, kind)
@@ -578,7 +570,7 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
         rel = path.relative_to(tmp).as_posix()
         if rel == "manifest.json":
             continue
-        digest, size = sha256_file(path)
+        digest, size = sha256_and_size(path)
         files[rel] = {"sha256": digest, "bytes": size}
     manifest["files"] = files
     if check:
@@ -588,9 +580,9 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
 
 
 def postfilter_section(ck: Path, tmp: Path) -> dict[str, Any] | None:
-    """The checkpoint's envelope post-filter (training/envelope.py), copied into the bundle, or None without one.
+    """The checkpoint's post-filter (training/postfilter.py), copied into the bundle, or None without one.
     Refused when it was fitted to another encoder (its latents would mean something else)."""
-    from training.envelope import FILE, encoder_fingerprint
+    from training.postfilter import FILE, encoder_fingerprint
 
     src = ck / FILE
     if not src.is_file():

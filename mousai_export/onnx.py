@@ -1,7 +1,7 @@
 """Export each bundle component to ONNX (docs/bundle-format.md): one function per component.
 
-Every export uses the dynamo exporter (torch.onnx.export(dynamo=True)) at the requested opset (default 18; see
-/work/shared/notes/export-facts.md: opset 17 under dynamo does not load in ONNX Runtime) with example inputs of
+Every export uses the dynamo exporter (torch.onnx.export(dynamo=True)) at the requested opset (default 18: the
+dynamo exporter's opset-17 graphs do not load in ONNX Runtime) with example inputs of
 batch 2 (batch 1 gets specialised), dynamic batch and length axes, then renames the graph's dynamic axes to the
 contract's names (batch, frames, samples, stft_frames), refuses training-only ops, applies the exact speed rewrites
 of graph_opt.py (nearest up-sampling as one Resize), runs the ONNX checker and shape inference and writes the file. Models whose weights exceed 2 GB go to external data in one
@@ -338,8 +338,8 @@ def export_decoder(dmae: nn.Module, path: str | Path, opset: int = 18, k: int = 
     args = (torch.randn(2, c.decoder.in_channels, frames * hop, generator=g), torch.tensor([0.8, 0.2]),
             torch.rand(2, c.latent_channels, frames, generator=g) * 2 - 1)
     b = Dim("batch")
-    # a derived dim (samples = mult * k, frames = mult / hop * k) is the precise statement, but
-    # export-facts.md measured it failing for a DMAE decoder: Dim.DYNAMIC works and the runtime pads anyway
+    # a derived dim (samples = mult * k, frames = mult / hop * k) is the precise statement, but it fails to export
+    # for a DMAE decoder: Dim.DYNAMIC works and the runtime pads anyway
     return export_module(
         DecoderGraph(dmae), args, path, ["x", "sigma", "latent"], ["v"],
         ({0: b, 2: Dim.DYNAMIC}, {0: b}, {0: b, 2: Dim.DYNAMIC}),

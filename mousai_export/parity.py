@@ -20,6 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from mousai_runtime import sampling
+from mousai_runtime.stft import magnitude_stft
+
 FP32_BOUND = 1e-4  # rel L2 per component (and end to end)
 FP16_BOUND = 1e-2  # rel L2 of an fp16 graph to its fp32 graph
 COMPONENTS = ("text_encoder", "generator", "encoder", "decoder")
@@ -47,39 +50,17 @@ def worst(*figs: dict[str, float]) -> dict[str, float]:
     return {k: max(f[k] for f in figs) for k in figs[0]}
 
 
-def numpy_magnitude_stft(audio: np.ndarray, n_fft: int, hop: int, center: bool = True,
-                         normalized: bool = True) -> np.ndarray:
-    """The contract's STFT: [B, C, L] -> [B, C * (n_fft // 2 + 1), frames] float32 (as torch.stft(...).abs())."""
-    audio = np.asarray(audio, dtype=np.float32)
-    b, c, n = audio.shape
-    flat = audio.reshape(b * c, n)
-    if center:
-        flat = np.pad(flat, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
-    frames = 1 + (flat.shape[-1] - n_fft) // hop
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
-    if normalized:
-        window = window / np.float32(math.sqrt(n_fft))
-    view = np.lib.stride_tricks.sliding_window_view(flat, n_fft, axis=-1)[:, ::hop][:, :frames]
-    mag = np.abs(np.fft.rfft(view * window, axis=-1)).astype(np.float32)  # [B*C, frames, bins]
-    return mag.transpose(0, 2, 1).reshape(b, c * (n_fft // 2 + 1), frames)
-
-
 def pad_audio(audio: np.ndarray, multiple: int) -> np.ndarray:
     rem = (-audio.shape[-1]) % multiple
     return np.pad(audio, ((0, 0), (0, 0), (0, rem))) if rem else audio
 
 
 def numpy_ddim(model_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, steps: int) -> np.ndarray:
-    """v-objective DDIM on a linear schedule (the contract's sampler), in numpy."""
-    sigmas = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
-    for i in range(steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = model_fn(x, np.full((x.shape[0],), s, dtype=np.float32))
-        a, b = math.cos(s * math.pi / 2), math.sin(s * math.pi / 2)
-        a2, b2 = math.cos(s_next * math.pi / 2), math.sin(s_next * math.pi / 2)
-        x0, eps = a * x - b * v, b * x + a * v
-        x = (a2 * x0 + b2 * eps).astype(np.float32)
-    return x
+    """The runtime's DDIM (linear schedule); NaN where it stops on a non-finite step (the figures then say inf)."""
+    try:
+        return sampling.ddim_sample(model_fn, x, sampling.linear_sigmas(steps))
+    except sampling.NonFiniteError:
+        return np.full_like(x, np.nan)
 
 
 def session(path: str | Path, disable_optimizations: bool = False):
@@ -168,7 +149,7 @@ def onnx_feeds(name: str, config: Any, case: dict[str, np.ndarray]) -> dict[str,
         return case
     e = config.dmae.encoder
     audio = pad_audio(case["audio"], config.dmae.hop)
-    return {"magnitude": numpy_magnitude_stft(audio, e.stft_n_fft, e.stft_hop, e.stft_center, True)}
+    return {"magnitude": magnitude_stft(audio, e.stft_n_fft, e.stft_hop, e.stft_center, True)}
 
 
 def run(sess, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mousai_runtime.bundle import sha256_file
+from mousai_runtime.files import sha256_file
 
 NO_TRT = ("TensorRT engines need an NVIDIA GPU and the tensorrt package (pip install 'mousai[trt]'); "
           "this machine has none: use --engine onnx")
@@ -197,7 +197,7 @@ def build_engines(bundle_dir: Path, manifest: dict[str, Any], fp16: bool, profil
                              "timing_cache": f"trt/{TIMING_CACHE}", "engines": {}}
     for comp, spec in manifest["models"].items():
         onnx_path = bundle_dir / spec["file"]
-        sha = sha256_file(onnx_path)[0]
+        sha = sha256_file(onnx_path)
         key = cache_key(sha, trt.__version__, cc, profiles[comp], fp16)
         name = f"{comp}-{key}.engine"
         target = out / name

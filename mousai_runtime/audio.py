@@ -1,23 +1,21 @@
 """Writing audio: atomic wav/flac files, loudness normalisation (ITU-R BS.1770 via pyloudnorm) with a true-peak-safe
 limiter (4x oversampled peak estimate), and an optional spectrogram PNG (matplotlib, Agg; imported lazily).
 
-Every file is written to an unnamed temp file in the destination folder (Linux O_TMPFILE) that gets its name only
-once it is complete, so a crash, a SIGKILL or a full disk leaves nothing behind at all; where O_TMPFILE is not
-available, to a named temp file `.NAME.PID.*.tmp*` renamed into place (a kill can leave that hidden temp file; the
-next write into the folder removes the ones whose process is gone).
+Every file is written with `files.atomic_write`: complete or absent, even after a SIGKILL or on a full disk.
 """
 from __future__ import annotations
 
 import errno
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from . import files
+from .files import atomic_write
 
 try:
     import resource
@@ -52,7 +50,7 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     if p.is_dir():
         raise AudioError(f"output path is a folder: {p}")
     try:
-        fd = _open_unnamed(folder)
+        fd = files.open_unnamed(folder)
         if fd is not None:
             os.close(fd)  # an unnamed file: nothing to remove, nothing left if we die here
         else:
@@ -62,69 +60,6 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise AudioError(f"cannot write to {folder}: {e.strerror or e}") from None
     return p
-
-
-def _open_unnamed(folder: Path) -> int | None:
-    """An unnamed regular file in `folder` (O_TMPFILE), or None where the OS / file system has none."""
-    flag = getattr(os, "O_TMPFILE", None)
-    if flag is None or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        return os.open(folder, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            return None  # file system without O_TMPFILE support (ENOENT: old kernels)
-        raise
-
-
-def _link_unnamed(fd: int, p: Path, folder: Path) -> None:
-    """Give the unnamed file `fd` the name `p` (replacing an existing file in one rename)."""
-    proc = os.open("/proc/self/fd", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:  # linkat(AT_SYMLINK_FOLLOW) through /proc (an explicit dir fd makes os.link use linkat)
-            os.link(str(fd), p, src_dir_fd=proc, follow_symlinks=True)
-            return
-        except FileExistsError:
-            pass
-        tmp = folder / f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        os.link(str(fd), tmp, src_dir_fd=proc, follow_symlinks=True)
-        try:
-            os.replace(tmp, p)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-    finally:
-        os.close(proc)
-
-
-def _unlink_quietly(path: str | os.PathLike) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _remove_stale_temps(folder: Path, name: str) -> None:
-    """Named temp files of `name` left by a process that no longer exists (a kill during a fallback write)."""
-    pat = re.compile(rf"^\.{re.escape(name)}\.(\d+)\..*\.(tmp|probe)")
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return
-    for entry in entries:
-        m = pat.match(entry)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            _unlink_quietly(folder / entry)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def write_failure_reason(e: BaseException, folder: Path, size: int | None = None) -> str:
@@ -142,48 +77,6 @@ def write_failure_reason(e: BaseException, folder: Path, size: int | None = None
     if resource is not None and soft != resource.RLIM_INFINITY and (size is None or size >= soft - (1 << 16)):
         return f"{os.strerror(errno.EFBIG)} (the file size limit is {soft:,} bytes)"
     return " ".join(str(e).split()) or type(e).__name__
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (os.umask(0) would briefly affect every
-    thread of the host process)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(temp_path) for a temp file beside `path`, then give it the name `path` (nothing is left on
-    failure; with O_TMPFILE, nothing is left even if the process is killed)."""
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    fd = _open_unnamed(folder)
-    if fd is not None:
-        try:
-            write(f"/proc/self/fd/{fd}")
-            os.fchmod(fd, 0o666 & ~current_umask())
-            _link_unnamed(fd, p, folder)
-        finally:
-            os.close(fd)  # an unnamed file that failed is freed here
-        return p
-    _remove_stale_temps(folder, p.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp" + p.suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, p)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return p
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str | None = None,

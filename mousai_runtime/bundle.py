@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .files import sha256_file
+
 FORMAT = "mousai-bundle"
 VERSION = 1
 
@@ -98,19 +100,6 @@ def _no_constants(name: str) -> Any:
 def parse_manifest_json(text: str) -> Any:
     """json.loads, strictly: duplicate keys and NaN / Infinity literals are refused (BundleError)."""
     return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
 
 
 # ------------------------------------------------------------------------------------------------- field checks
@@ -222,10 +211,7 @@ class Bundle:
     @classmethod
     def _load(cls, path: Path, verify: bool) -> "Bundle":
         if not path.exists():
-            hint = (" - the trained default model is not shipped yet (it is being trained: see training/RECIPE.md); "
-                    "meanwhile pass --model with a bundle of your own" if path.name == "default" and
-                    path.parent.name == "engines" else "")
-            raise BundleError(f"bundle not found: {path} (export one with `mousai export CHECKPOINT -o {path}`){hint}")
+            raise BundleError(f"bundle not found: {path} (export one with `mousai export CHECKPOINT -o {path}`)")
         if not path.is_dir():
             raise BundleError(f"not a bundle folder: {path}")
         mf = path / "manifest.json"
@@ -424,7 +410,7 @@ class Bundle:
                 raise BundleError(f"{self.path}: {name} has {p.stat().st_size} bytes, the manifest says "
                                   f"{entry['bytes']}: the file is corrupt or was replaced")
             if verify:
-                digest, _ = sha256_file(p)
+                digest = sha256_file(p)
                 if digest != entry["sha256"]:
                     raise BundleError(f"{self.path}: sha256 mismatch for {name} (got {digest[:12]}..., manifest "
                                       f"{entry['sha256'][:12]}...): the file is corrupt or was replaced")
@@ -446,7 +432,7 @@ class Bundle:
     def verify_file(self, name: str) -> Path:
         """Hash a listed file again (streaming, for files too large to hand out as bytes)."""
         p = self.file_path(name)
-        digest, _ = sha256_file(p)
+        digest = sha256_file(p)
         if digest != self.manifest["files"][name]["sha256"]:
             raise BundleError(f"{self.path}: sha256 mismatch for {name} (changed after loading?): refusing to use it")
         return p
@@ -545,7 +531,7 @@ class Bundle:
 
     @property
     def postfilter(self) -> dict | None:
-        """The envelope post-filter's settings (mousai_runtime/envelope.py), or None when the bundle has none."""
+        """The post-filter settings (mousai_runtime/postfilter.py), or None when the bundle has none."""
         return self.manifest.get("postfilter")
 
     @property

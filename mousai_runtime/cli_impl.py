@@ -36,7 +36,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
         write_spectrogram
     from .bundle import BundleError
-    from .engines import EngineError
+    from .backends import BackendError
     from .pipeline import MAX_GUIDANCE, MAX_STEPS, Cancelled, InputError, Pipeline, check_prompt
     from .sampling import SAMPLERS, NonFiniteError
 
@@ -70,9 +70,9 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
 
     t_load = time.perf_counter()
     try:
-        pipe = Pipeline(model, engine=engine, fp16_fallback=fp16_fallback, postfilter=postfilter)
+        pipe = Pipeline(model, backend=engine, fp16_fallback=fp16_fallback, postfilter=postfilter)
         pipe.check_inputs(prompt, seconds, steps, guidance, seed, decoder_steps)
-    except (BundleError, EngineError, InputError) as e:
+    except (BundleError, BackendError, InputError) as e:
         return _err(str(e))
     load_s = time.perf_counter() - t_load
 
@@ -97,7 +97,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
             warnings.simplefilter("always")
             audio = pipe.generate(prompt, seconds, steps=steps, guidance=guidance, seed=seed, stage_progress=stage,
                                   decoder_steps=decoder_steps, sampler=sampler)
-    except (InputError, NonFiniteError, EngineError, BundleError) as e:
+    except (InputError, NonFiniteError, BackendError, BundleError) as e:
         return _err(str(e))
     except MemoryError:
         return _err(f"out of memory generating {seconds:g} s: try a shorter clip")
@@ -136,7 +136,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
           f"({1 / rtf:.1f}x faster than real time)" if rtf < 1 else
           f"generated in {wall:.2f} s (+{load_s:.2f} s loading): real-time factor {rtf:.3f} "
           f"({rtf:.1f}x slower than real time)")
-    print(f"engine: {pipe.engine.describe()}")
+    print(f"backend: {pipe.backend.describe()}")
     if spectrogram:
         print(f"spectrogram: {os.path.abspath(spectrogram)}")
     return 0

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .overlap import raised_cosine, round_up
 from .sampling import check_sampler, linear_sigmas, sample
 
 DecoderFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x [B,2,L], sigma [B], latent [B,C,L/hop]) -> v
@@ -86,10 +87,6 @@ class Plan:
         return self.chunks[0][1] - self.chunks[0][0]
 
 
-def round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def plan_chunks(frames: int, hop: int, multiple: int, chunk: int | None, margin: int, fade: int,
                 balance: bool = False) -> Plan:
     """Windows over `frames` latent frames; `multiple`, `chunk`, `margin`, `fade` in latent frames.
@@ -129,12 +126,6 @@ def plan_chunks(frames: int, hop: int, multiple: int, chunk: int | None, margin:
         assert hi - lo >= fl, (lo, hi, fl)
         fades.append((lo + (hi - lo - fl) // 2, fl))
     return Plan(frames, padded, hop, chunks, fades)
-
-
-def fade_in(length: int) -> np.ndarray:
-    """Raised-cosine fade-in; the fade-out is 1 - this, so the two sum to exactly 1."""
-    k = np.arange(length, dtype=np.float64)
-    return (0.5 - 0.5 * np.cos(np.pi * (k + 0.5) / length)).astype(np.float32)
 
 
 class ChunkedDecoder:
@@ -205,7 +196,7 @@ class ChunkedDecoder:
             parts = []
             if tail is not None:
                 f0, fl = plan.fades[i - 1]
-                w = fade_in(fl)
+                w = raised_cosine(fl)
                 parts.append(tail * (1 - w) + y[..., f0 - s:f0 - s + fl] * w)
                 body_start = f0 + fl
             else:

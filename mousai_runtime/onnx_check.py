@@ -4,7 +4,7 @@ An ONNX tensor may keep its bytes in another file (`data_location = EXTERNAL`, `
 ONNX Runtime then opens that path, relative to the model's folder (or to the working directory for a model given
 as bytes). A downloaded graph must not make the runtime read files outside its bundle, so the runtime lists every
 location first (`external_data_locations`) and refuses any that is not a plain relative path listed (and hashed)
-in the manifest (mousai_runtime/engines.py). Only the protobuf wire format is parsed: no code, no pickle.
+in the manifest (mousai_runtime/backends.py). Only the protobuf wire format is parsed: no code, no pickle.
 
 Walked: ModelProto.graph / .functions / .training_info, GraphProto.initializer / .sparse_initializer / .node,
 NodeProto.attribute, AttributeProto.t / .g / .tensors / .graphs / .sparse_tensor / .sparse_tensors, FunctionProto.node

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import threading
-import time
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
@@ -28,11 +27,12 @@ import numpy as np
 
 from . import faults
 from .bundle import Bundle, BundleError
-from .decode import ChunkedDecoder, GlobalNoise, round_up, seed_words
-from .envelope import Envelope
-from .engines import Engine, EngineError, make_engine
+from .decode import ChunkedDecoder, GlobalNoise, seed_words
+from .postfilter import PostFilter
+from .backends import Backend, BackendError, make_backend
 from .sampling import SAMPLERS, NonFiniteError, linear_sigmas, sample
 from .stft import magnitude_stft
+from .overlap import round_up
 from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedModel, check_window, plan_windows
 
 AUTOENCODER_ONLY = "this bundle is an autoencoder only (no text encoder / generator): use encode/decode"
@@ -135,7 +135,7 @@ class _Tracker:
 
 
 class Pipeline:
-    def __init__(self, bundle_dir: str | os.PathLike = "engines/default", engine: str | Engine = "onnx",
+    def __init__(self, bundle_dir: str | os.PathLike = "engines/default", backend: str | Backend = "onnx",
                  providers: list[str] | str | None = None, threads: int | None = None, *,
                  checkpoint: str | os.PathLike | None = None, verify: bool = True, chunk_seconds: float = 30.0,
                  text_cache: int = 32, prepare: bool = True, window_frames: int | None = None,
@@ -152,7 +152,7 @@ class Pipeline:
         if the fp32 graph fails too, the render raises NonFiniteError. No effect on an fp32 bundle.
 
         `postfilter`: with a bundle that has one (manifest `postfilter`), put every decoded chunk back on the band
-        envelope its latent predicts (mousai_runtime/envelope.py); False decodes with the DMAE alone."""
+        envelope its latent predicts (mousai_runtime/postfilter.py); False decodes with the DMAE alone."""
         if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(
                 chunk_seconds, (int, float, np.integer, np.floating)) or not math.isfinite(chunk_seconds)
                 or chunk_seconds <= 0):
@@ -160,7 +160,7 @@ class Pipeline:
         if isinstance(text_cache, bool) or not isinstance(text_cache, (int, np.integer)) or text_cache < 0:
             raise InputError(f"text_cache must be an integer >= 0, got {text_cache!r}")
         self.bundle = Bundle.load(bundle_dir, verify=verify)
-        self.engine = make_engine(engine, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
+        self.backend = make_backend(backend, self.bundle, providers=providers, threads=threads, checkpoint=checkpoint)
         b = self.bundle
         if not isinstance(fp16_fallback, bool):
             raise InputError(f"fp16_fallback must be true or false, got {fp16_fallback!r}")
@@ -170,8 +170,8 @@ class Pipeline:
             if missing:
                 raise BundleError(f"{b.path}: this fp16 bundle has no fp32 fallback graphs for {missing}: re-export "
                                   "it with `mousai export --fp16 --fp16-fallback`")
-            if not getattr(self.engine, "supports_fp32_fallback", False):
-                raise EngineError(f"--fp16-fallback needs --engine onnx (the {self.engine.kind} engine cannot run "
+            if not getattr(self.backend, "supports_fp32_fallback", False):
+                raise BackendError(f"--fp16-fallback needs --engine onnx (the {self.backend.kind} backend cannot run "
                                   "the fp32 fallback graphs)")
         self.kind = b.kind
         self.tokenizer = None if b.is_autoencoder else self._load_tokenizer()
@@ -188,14 +188,14 @@ class Pipeline:
                                       channels=b.channels, chunk_frames=chunk_frames, balance=balance_chunks)
         if not isinstance(postfilter, bool):
             raise InputError(f"postfilter must be true or false, got {postfilter!r}")
-        self.envelope = Envelope.from_bundle(b) if postfilter and b.postfilter is not None else None
-        if self.envelope is not None:
-            self.decoder.post_fn = self.envelope.apply
+        self.postfilter = PostFilter.from_bundle(b) if postfilter and b.postfilter is not None else None
+        if self.postfilter is not None:
+            self.decoder.post_fn = self.postfilter.apply
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache
         if prepare:
-            self.engine.prepare(["encoder", "decoder"] if b.is_autoencoder else ["text_encoder", "generator", "decoder"])
+            self.backend.prepare(["encoder", "decoder"] if b.is_autoencoder else ["text_encoder", "generator", "decoder"])
 
     def _windows(self, window: int | None, overlap: int | None) -> tuple[int, int]:
         b, m = self.bundle, self.bundle.generator_multiple
@@ -211,22 +211,22 @@ class Pipeline:
             raise InputError(str(e)) from None
 
     def _run(self, component: str, feeds: dict[str, np.ndarray], tracker: "_Tracker | None" = None) -> np.ndarray:
-        """One model call through the engine: the fault test hook (mousai_runtime.faults, inactive unless a test
+        """One model call through the backend: the fault test hook (mousai_runtime.faults, inactive unless a test
         turns it on) and, with fp16_fallback, the fp32 re-run of a call whose fp16 output is not finite. A
         non-finite output is returned as it is (the caller reports it, naming the step)."""
         t = tracker if tracker is not None else _Tracker(1, None, None, None)
         call = t.calls.get(component, 0)
         t.calls[component] = call + 1
         if component in t.fp32:
-            return faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
-        out = faults.apply(component, call, self.bundle.precision, self.engine.run(component, feeds))
+            return faults.apply(component, call, "fp32", self.backend.run_fp32(component, feeds))
+        out = faults.apply(component, call, self.bundle.precision, self.backend.run(component, feeds))
         if self.fp16_fallback and not np.isfinite(out).all():
             where = t.where.get(component, lambda i: "in its output")(call)
             warnings.warn(Fp16FallbackWarning(
                 f"the fp16 {component} gave NaN/inf {where}: re-ran it with its fp32 graph, which serves the "
                 "rest of this render"), stacklevel=2)
             t.fp32.add(component)
-            out = faults.apply(component, call, "fp32", self.engine.run_fp32(component, feeds))
+            out = faults.apply(component, call, "fp32", self.backend.run_fp32(component, feeds))
         return out
 
     def _require_generator(self) -> None:
@@ -487,11 +487,11 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- info
     @property
     def providers(self) -> list[str]:
-        return self.engine.providers
+        return self.backend.providers
 
     def describe(self) -> str:
         kind = " (autoencoder only)" if self.bundle.is_autoencoder else ""
-        return f"bundle {self.bundle.name}{kind} ({self.bundle.path}); engine {self.engine.describe()}"
+        return f"bundle {self.bundle.name}{kind} ({self.bundle.path}); backend {self.backend.describe()}"
 
 
 def _check_steps(name: str, v: Any) -> int:
@@ -515,13 +515,5 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def timed_generate(pipe: Pipeline, *args, **kwargs) -> tuple[np.ndarray, float, float]:
-    """(audio, wall seconds, real-time factor = wall / audio seconds)."""
-    t0 = time.perf_counter()
-    audio = pipe.generate(*args, **kwargs)
-    wall = time.perf_counter() - t0
-    return audio, wall, wall / (audio.shape[-1] / pipe.sample_rate)
-
-
-__all__ = ["Pipeline", "InputError", "Cancelled", "CancelToken", "BundleError", "EngineError", "Fp16FallbackWarning",
-           "check_prompt", "timed_generate"]
+__all__ = ["Pipeline", "InputError", "Cancelled", "CancelToken", "BundleError", "BackendError", "Fp16FallbackWarning",
+           "check_prompt"]

@@ -1,8 +1,10 @@
-"""v-objective samplers in numpy: a line-for-line mirror of training/model/diffusion.py (a parity test runs both).
+"""v-objective samplers: the single source of the step maths and the sampling loop (training/model/diffusion.py
+runs the same functions on torch tensors; a parity test runs both).
 
 sigma in [0, 1]; alpha = cos(sigma pi / 2), beta = sin(sigma pi / 2); the model predicts v = alpha eps - beta x0.
 Samplers are plain functions of (model_fn, x, sigmas): DDIM (first order) and DPM-Solver++(2M) (second order,
 multistep, data prediction in log-SNR lambda = log(alpha / beta)); `sample(name, ...)` picks one by its manifest name.
+The steps are arithmetic on python floats and arrays, so they serve numpy arrays and torch tensors alike.
 """
 from __future__ import annotations
 
@@ -45,31 +47,6 @@ def ddim_step(v: np.ndarray, x: np.ndarray, sigma: float, sigma_next: float) -> 
     x0 = alpha * x - beta * v
     eps = beta * x + alpha * v
     return alpha_next * x0 + beta_next * eps
-
-
-def _check_finite(x: np.ndarray, component: str, i: int, steps: int, sigma: float) -> None:
-    if not np.isfinite(x).all():
-        raise NonFiniteError(component, i, steps, sigma)
-
-
-def ddim_sample(model_fn: ModelFn, x: np.ndarray, sigmas: np.ndarray,
-                callback: Callable[[int, np.ndarray], None] | None = None, component: str = "model") -> np.ndarray:
-    """Deterministic DDIM from x (noise at sigmas[0]) to sigmas[-1].
-
-    `callback(i, x)` runs after each step (progress; it may raise to cancel). A NaN/inf in x after any step raises
-    NonFiniteError naming the step and `component`.
-    """
-    b = x.shape[0]
-    steps = len(sigmas) - 1
-    for i in range(steps):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = model_fn(x, np.full((b,), sigma, dtype=x.dtype))
-        with np.errstate(invalid="ignore", over="ignore"):  # reported below, with the step and component
-            x = ddim_step(v, x, sigma, sigma_next).astype(x.dtype, copy=False)
-        _check_finite(x, component, i, steps, sigma)
-        if callback is not None:
-            callback(i, x)
-    return x
 
 
 # ------------------------------------------------------------------------------------------------- DPM-Solver++(2M)
@@ -118,36 +95,75 @@ def dpmpp_2m_step(v: np.ndarray, x: np.ndarray, sigma: float, sigma_next: float,
     return x_next, (x0, h)
 
 
-def dpmpp_2m_sample(model_fn: ModelFn, x: np.ndarray, sigmas: np.ndarray,
-                    callback: Callable[[int, np.ndarray], None] | None = None,
-                    component: str = "model") -> np.ndarray:
-    """DPM-Solver++(2M) from x (noise at sigmas[0]) to sigmas[-1]; same model calls, callback and checks as DDIM."""
-    b, dtype = x.shape[0], x.dtype
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def ddim_update(v, x, sigma: float, sigma_next: float, prev: object = None) -> tuple:
+    """DDIM as a multistep update with no history (the shape every update in UPDATES has)."""
+    return ddim_step(v, x, sigma, sigma_next), None
+
+
+# name (manifest defaults.sampler) -> update(v, x, sigma, sigma_next, history) -> (x at sigma_next, history)
+UPDATES: dict[str, Callable[..., tuple]] = {"ddim": ddim_update, "dpmpp-2m": dpmpp_2m_step}
+SAMPLERS = tuple(UPDATES)
+SCHEDULES: dict[str, Callable[[int], np.ndarray]] = {"linear": linear_sigmas}
+
+
+class ArrayOps:
+    """What the loop needs of an array library beyond arithmetic (numpy here; training's torch loop passes its own):
+    a batch of one noise level like x, the cast back to x's dtype, and whether x is still finite."""
+
+    @staticmethod
+    def sigma(x: np.ndarray, value: float) -> np.ndarray:
+        return np.full((x.shape[0],), value, dtype=x.dtype)
+
+    @staticmethod
+    def cast(new: np.ndarray, like: np.ndarray) -> np.ndarray:
+        return new.astype(like.dtype, copy=False)
+
+    @staticmethod
+    def finite(x: np.ndarray) -> bool:
+        return bool(np.isfinite(x).all())
+
+
+def check_sampler(name: object) -> str:
+    if name not in UPDATES:
+        raise ValueError(f"unknown sampler {name!r}: use {' or '.join(SAMPLERS)}")
+    return str(name)
+
+
+def sample(sampler: str, model_fn: ModelFn, x, sigmas, callback: Callable[[int, object], None] | None = None,
+           component: str = "model", ops: type = ArrayOps):
+    """Run the sampler named `sampler` ("ddim" or "dpmpp-2m", as in the manifest's defaults) from x (noise at
+    sigmas[0]) to sigmas[-1], one model call per step.
+
+    `callback(i, x)` runs after each step (progress; it may raise to cancel). A NaN/inf in x after any step raises
+    NonFiniteError naming the step and `component` (unless `ops.finite` says all is well).
+    """
+    update = UPDATES[check_sampler(sampler)]
     steps = len(sigmas) - 1
     prev = None
     for i in range(steps):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = model_fn(x, np.full((b,), sigma, dtype=x.dtype))
+        v = model_fn(x, ops.sigma(x, sigma))
         with np.errstate(invalid="ignore", over="ignore"):  # reported below, with the step and component
-            x, prev = dpmpp_2m_step(v, x, sigma, sigma_next, prev)
-            x = x.astype(dtype, copy=False)
-        _check_finite(x, component, i, steps, sigma)
+            new, prev = update(v, x, sigma, sigma_next, prev)
+            x = ops.cast(new, x)
+        if not ops.finite(x):
+            raise NonFiniteError(component, i, steps, sigma)
         if callback is not None:
             callback(i, x)
     return x
 
 
-SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"ddim": ddim_sample, "dpmpp-2m": dpmpp_2m_sample}
-SCHEDULES: dict[str, Callable[[int], np.ndarray]] = {"linear": linear_sigmas}
+def ddim_sample(model_fn: ModelFn, x: np.ndarray, sigmas: np.ndarray,
+                callback: Callable[[int, np.ndarray], None] | None = None, component: str = "model") -> np.ndarray:
+    """Deterministic DDIM from x (noise at sigmas[0]) to sigmas[-1]."""
+    return sample("ddim", model_fn, x, sigmas, callback, component)
 
 
-def check_sampler(name: object) -> str:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}: use {' or '.join(SAMPLERS)}")
-    return str(name)
-
-
-def sample(sampler: str, model_fn: ModelFn, x: np.ndarray, sigmas: np.ndarray,
-           callback: Callable[[int, np.ndarray], None] | None = None, component: str = "model") -> np.ndarray:
-    """Run the sampler named `sampler` ("ddim" or "dpmpp-2m", as in the manifest's defaults)."""
-    return SAMPLERS[check_sampler(sampler)](model_fn, x, sigmas, callback=callback, component=component)
+def dpmpp_2m_sample(model_fn: ModelFn, x: np.ndarray, sigmas: np.ndarray,
+                    callback: Callable[[int, np.ndarray], None] | None = None,
+                    component: str = "model") -> np.ndarray:
+    """DPM-Solver++(2M) from x (noise at sigmas[0]) to sigmas[-1]; the same model calls as DDIM."""
+    return sample("dpmpp-2m", model_fn, x, sigmas, callback, component)

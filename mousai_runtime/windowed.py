@@ -24,20 +24,11 @@ from typing import Callable
 
 import numpy as np
 
+from .overlap import raised_cosine
 from .sampling import ModelFn
 
 DEFAULT_WINDOW_FRAMES = 512  # ~10.9 s at 48 kHz / hop 1024
 DEFAULT_OVERLAP_FRAMES = 64
-
-
-def round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def raised_cosine(length: int) -> np.ndarray:
-    """The fade-in f [length] (float32, 0 -> 1); the matching fade-out is float32(1) - f, and f + (1 - f) == 1."""
-    k = np.arange(length, dtype=np.float64)
-    return (0.5 - 0.5 * np.cos(np.pi * (k + 0.5) / length)).astype(np.float32)
 
 
 def check_window(window: int, overlap: int, multiple: int = 1, what: str = "window") -> tuple[int, int]:

@@ -36,12 +36,12 @@ def test_bundle_and_checkpoint_fit_the_budget():
 
 def test_checkpoint_is_the_one_exported():
     """The bundle was exported from the committed checkpoint: same config, same weights."""
-    from mousai_runtime.bundle import sha256_file
+    from mousai_runtime.files import sha256_file
 
     src = json.loads((DEFAULT / "manifest.json").read_text())["source"]
-    assert src["checkpoint_config_sha256"] == sha256_file(CHECKPOINT / "config.json")[0]
+    assert src["checkpoint_config_sha256"] == sha256_file(CHECKPOINT / "config.json")
     for comp in ("dmae", "generator"):
-        assert src[f"{comp}_weights_sha256"] == sha256_file(CHECKPOINT / f"{comp}.safetensors")[0], comp
+        assert src[f"{comp}_weights_sha256"] == sha256_file(CHECKPOINT / f"{comp}.safetensors"), comp
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_post_filter_is_shipped_for_this_encoder_and_helps_a_band_limited_round_
     """A band-limited chord (partials below 5 kHz, decaying notes): the DMAE decoder alone invents energy above
     8 kHz; with the shipped envelope post-filter the round trip is closer to the original on every measure."""
     from mousai_runtime import Pipeline
-    from training.envelope import encoder_fingerprint
+    from training.postfilter import encoder_fingerprint
     from training.eval import metrics
 
     pf = json.loads((DEFAULT / "manifest.json").read_text())["postfilter"]

@@ -70,12 +70,12 @@ if where == "denoising":  # the 2nd denoising step of the generator, whichever s
             return real(*a, **k)
         return step
 
-    S.ddim_step, S.dpmpp_2m_step = hang_on_second(S.ddim_step), hang_on_second(S.dpmpp_2m_step)
+    S.UPDATES = {name: hang_on_second(update) for name, update in S.UPDATES.items()}
 elif where in ("audio_write", "audio_write_named_temp"):  # after the first block is in the file
     import soundfile as sf
     if where == "audio_write_named_temp":  # as on a file system without O_TMPFILE
-        import mousai_runtime.audio as A
-        A._open_unnamed = lambda folder: None
+        import mousai_runtime.files as F
+        F.open_unnamed = lambda folder: None
     real_write = sf.SoundFile.write
 
     def write(self, data):
@@ -151,13 +151,14 @@ def test_sigkill_during_generate_leaves_no_partial_file(tiny, tmp_path, where): 
     stale = [n for n in left if n != "x.wav"]
     assert len(stale) == 1 and stale[0].startswith(".x.wav.") and stale[0].endswith(".tmp.wav"), left
     import mousai_runtime.audio as A
+    import mousai_runtime.files as F
 
-    real = A._open_unnamed
+    real = F.open_unnamed
     try:
-        A._open_unnamed = lambda folder: None
+        F.open_unnamed = lambda folder: None
         A.write_audio(out / "x.wav", old.T * 0.5, SR)  # the next write into the folder
     finally:
-        A._open_unnamed = real
+        F.open_unnamed = real
     assert tree(out) == ["x.wav"]
 
 
@@ -177,7 +178,7 @@ def export_target(tiny, tmp_path, previous: bool):
 @pytest.mark.parametrize("previous", [False, True], ids=["no_previous_bundle", "previous_bundle"])
 def test_sigkill_during_export_leaves_no_bundle_or_the_previous_one(tiny, tmp_path, previous):  # noqa: F811
     from mousai_runtime import Bundle
-    from training.checkpoint import atomic_dir
+    from mousai_runtime.files import atomic_dir
 
     ck, engines, out, before = export_target(tiny, tmp_path, previous)
     run_until_marker(HANG, tmp_path / "marker", ["bundle_write", "export", str(ck), "--out", str(out), "--no-check",

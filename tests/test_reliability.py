@@ -383,12 +383,12 @@ def test_api_edge_values_accepted_and_seed_taken_modulo_2_64(pipe):
     ("chunk_seconds_nan", dict(chunk_seconds=float("nan")), "InputError", "chunk_seconds must be a finite number > 0"),
     ("chunk_seconds_0", dict(chunk_seconds=0), "InputError", "chunk_seconds must be a finite number > 0"),
     ("text_cache_negative", dict(text_cache=-1), "InputError", "text_cache must be an integer >= 0"),
-    ("threads_0", dict(threads=0), "EngineError", "threads must be an integer >= 1"),
+    ("threads_0", dict(threads=0), "BackendError", "threads must be an integer >= 1"),
     ("window_frames_0", dict(window_frames=0), "InputError", "window_frames must be an integer >= 1"),
     ("window_batch_0", dict(window_batch=0), "InputError", "window_batch must be an integer >= 1"),
     ("fp16_fallback_string", dict(fp16_fallback="yes"), "InputError", "fp16_fallback must be true or false"),
-    ("engine_unknown", dict(engine="vulkan"), "EngineError", "unknown engine 'vulkan'"),
-    ("provider_unavailable", dict(providers=["cuda"]), "EngineError", "CUDAExecutionProvider is not available"),
+    ("backend_unknown", dict(backend="vulkan"), "BackendError", "unknown backend 'vulkan'"),
+    ("provider_unavailable", dict(providers=["cuda"]), "BackendError", "CUDAExecutionProvider is not available"),
 ]))
 def test_api_pipeline_refuses_bad_options(tiny, case, kwargs, exc, match):
     import mousai_runtime

@@ -129,9 +129,9 @@ def test_sampler_parity_numpy_vs_torch(steps):
     assert out_np.dtype == np.float32 and out_np.shape == x.shape
     assert seen_np == seen_t == list(range(steps))
     assert rel_l2(out_np, out_t) < 1e-5, rel_l2(out_np, out_t)
-    # one step, exactly the formula
+    # one step, the same formula on tensors and on arrays
     v = np_fn(x, np.full(2, 0.7, np.float32))
-    ref = td.ddim_step(torch.from_numpy(v), torch.from_numpy(x), 0.7, 0.3).numpy()
+    ref = ns.ddim_step(torch.from_numpy(v), torch.from_numpy(x), 0.7, 0.3).numpy()
     assert np.allclose(ns.ddim_step(v, x, 0.7, 0.3), ref, atol=1e-6)
     with pytest.raises(ValueError):
         ns.linear_sigmas(0)
@@ -153,16 +153,16 @@ def test_nonfinite_raises_with_step_and_component():
 
 def test_nonfinite_in_pipeline_names_component(tiny):
     from mousai_runtime import NonFiniteError, Pipeline
-    from mousai_runtime.engines import OrtEngine
+    from mousai_runtime.backends import OrtBackend
     from mousai_runtime.bundle import Bundle
 
-    class NaNDecoder(OrtEngine):
+    class NaNDecoder(OrtBackend):
         def run(self, component, inputs):
             out = super().run(component, inputs)
             return out * np.nan if component == "decoder" else out
 
     b = Bundle.load(tiny["bundle"])
-    p = Pipeline(tiny["bundle"], engine=NaNDecoder(b))
+    p = Pipeline(tiny["bundle"], backend=NaNDecoder(b))
     with pytest.raises(NonFiniteError, match="decoder at denoising step 1/"):
         p.generate("a", 0.5, steps=2, decoder_steps=2)
 
@@ -386,10 +386,10 @@ def test_stream_equals_generate_and_is_deterministic(pipe):
     assert not np.array_equal(audio, pipe.generate("organ", 7.0, **kw))
 
 
-def test_onnx_matches_torch_engine(tiny, pipe):
+def test_onnx_matches_torch_backend(tiny, pipe):
     from mousai_runtime import Pipeline
 
-    tp = Pipeline(tiny["bundle"], engine="torch", checkpoint=tiny["ckpt"], chunk_seconds=3.0)
+    tp = Pipeline(tiny["bundle"], backend="torch", checkpoint=tiny["ckpt"], chunk_seconds=3.0)
     assert tp.providers[0].startswith("torch")
     kw = dict(steps=3, decoder_steps=2, seed=2, guidance=2.5)
     a = pipe.generate("ambient", 4.0, **kw)
@@ -538,26 +538,26 @@ def test_bundle_rehashes_bytes_it_hands_out(tiny, tmp_path):
 
 
 def test_engine_errors_are_clear(tiny, tmp_path):
-    from mousai_runtime import Bundle, EngineError
-    from mousai_runtime.engines import OrtEngine, make_engine
+    from mousai_runtime import Bundle, BackendError
+    from mousai_runtime.backends import OrtBackend, make_backend
 
     b = Bundle.load(tiny["bundle"])
-    with pytest.raises(EngineError, match="--engine trt needs an NVIDIA GPU and TensorRT"):
-        make_engine("trt", b)
-    with pytest.raises(EngineError, match="CUDAExecutionProvider is not available"):
-        OrtEngine(b, providers=["cuda"])
-    with pytest.raises(EngineError, match="needs the checkpoint"):
-        make_engine("torch", b)
+    with pytest.raises(BackendError, match="--engine trt needs an NVIDIA GPU and TensorRT"):
+        make_backend("trt", b)
+    with pytest.raises(BackendError, match="CUDAExecutionProvider is not available"):
+        OrtBackend(b, providers=["cuda"])
+    with pytest.raises(BackendError, match="needs the checkpoint"):
+        make_backend("torch", b)
     other = tmp_path / "ckpt"
     shutil.copytree(tiny["ckpt"], other)
     doc = json.loads((other / "config.json").read_text())
     doc["meta"]["note"] = "another checkpoint"
     (other / "config.json").write_text(json.dumps(doc))
-    with pytest.raises(EngineError, match="is not the one bundle .* was exported from"):
-        make_engine("torch", b, checkpoint=other)
-    with pytest.raises(EngineError, match="unknown engine"):
-        make_engine("vulkan", b)
-    e = OrtEngine(b, providers="cpu", threads=1)
+    with pytest.raises(BackendError, match="is not the one bundle .* was exported from"):
+        make_backend("torch", b, checkpoint=other)
+    with pytest.raises(BackendError, match="unknown backend"):
+        make_backend("vulkan", b)
+    e = OrtBackend(b, providers="cpu", threads=1)
     e.prepare(["decoder"])
     assert e.providers[0] == "CPUExecutionProvider" and "CPUExecutionProvider" in e.describe()
     s1 = e.session("decoder")
@@ -633,14 +633,14 @@ def test_thread_safety_deterministic_per_seed(pipe):
     assert np.array_equal(results[0], results[3]) and not np.array_equal(results[0], results[1])
 
 
-class _SlowEngine:
-    """Wraps an engine: every call takes at least `delay` s; records call start times."""
+class _SlowBackend:
+    """Wraps a backend: every call takes at least `delay` s; records call start times."""
 
     def __init__(self, inner, delay):
-        from mousai_runtime.engines import Engine
+        from mousai_runtime.backends import Backend
 
         self.inner, self.delay, self.calls = inner, delay, []
-        self.__class__ = type("SlowEngine", (_SlowEngine, Engine), {})
+        self.__class__ = type("SlowBackend", (_SlowBackend, Backend), {})
 
     def run(self, component, inputs):
         self.calls.append((time.perf_counter(), component))
@@ -659,8 +659,8 @@ class _SlowEngine:
 def test_cancel_returns_within_one_step(tiny, pipe, when, steps):
     from mousai_runtime import Cancelled, CancelToken, Pipeline
 
-    slow = _SlowEngine(pipe.engine, 0.15)
-    p = Pipeline(tiny["bundle"], engine=slow, chunk_seconds=3.0)
+    slow = _SlowBackend(pipe.backend, 0.15)
+    p = Pipeline(tiny["bundle"], backend=slow, chunk_seconds=3.0)
     token = CancelToken()
     progress = []
 

@@ -240,8 +240,8 @@ def test_cli_sampler_and_decoder_steps_options(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("load, want", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (9.5, 1)])
 def test_default_threads_are_the_idle_cores(monkeypatch, load, want):
-    from mousai_runtime import engines
+    from mousai_runtime import backends
 
-    monkeypatch.setattr(engines, "physical_cores", lambda: 2)
-    monkeypatch.setattr(engines.os, "getloadavg", lambda: (load, load, load))
-    assert engines.idle_cores() == want
+    monkeypatch.setattr(backends, "physical_cores", lambda: 2)
+    monkeypatch.setattr(backends.os, "getloadavg", lambda: (load, load, load))
+    assert backends.idle_cores() == want

@@ -28,7 +28,8 @@ SR = 48000
     (516, 512, 64, 4), (904, 512, 64, 8), (1000, 512, 64, 8), (28128, 512, 64, 4), (520, 512, 256, 8),
     (40, 16, 8, 4), (44, 16, 8, 4), (132, 32, 16, 4), (68, 64, 4, 4), (4096 + 8, 512, 64, 8)])
 def test_plan_weights_are_a_partition_of_unity(frames, window, overlap, multiple):
-    from mousai_runtime.windowed import plan_windows, raised_cosine
+    from mousai_runtime.overlap import raised_cosine
+    from mousai_runtime.windowed import plan_windows
 
     p = plan_windows(frames, window, overlap, multiple)
     assert p.starts[0] == 0 and p.starts[-1] + window == frames  # the last window is aligned to the end
@@ -153,7 +154,7 @@ def pipes(tiny):  # noqa: F811
     from mousai_runtime import Pipeline
 
     base = Pipeline(tiny["bundle"], chunk_seconds=3.0)
-    small = Pipeline(tiny["bundle"], engine=base.engine, chunk_seconds=3.0, window_frames=64, overlap_frames=16)
+    small = Pipeline(tiny["bundle"], backend=base.backend, chunk_seconds=3.0, window_frames=64, overlap_frames=16)
     return base, small
 
 

@@ -9,10 +9,9 @@ crash or a full disk leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mousai_runtime.audio import current_umask
+from mousai_runtime.files import atomic_dir, current_umask, recover_dir
 
 from .model.configs import ModelConfig
 
@@ -32,62 +31,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match its config."""
 
 
-def recover_dir(target: Path) -> None:
-    """Undo a swap interrupted between its two renames: bring back `.NAME.old-PID` if NAME is missing."""
-    target = Path(target)
-    if target.exists() or not target.parent.is_dir():
-        return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.replace(olds[-1], target)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temps(target: Path) -> None:
-    """Remove `.NAME.tmp-PID-*` folders left by a writer that was killed (PID no longer running on this host)."""
-    target = Path(target)
-    for p in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = p.name[len(target.name) + 6:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def atomic_dir(target: Path, write: Any, overwrite: bool = True) -> Path:
-    """Call write(tmp_dir), then move tmp_dir to target in one step (the old target is removed only after).
-
-    A kill between the two renames leaves `.NAME.old-PID`; `recover_dir` (run here and by readers) restores it. A
-    kill during write() leaves the hidden `.NAME.tmp-PID-*` folder, never NAME; the next atomic_dir of NAME
-    removes it once PID is gone."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    remove_stale_temps(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the folder the mode a plain mkdir would
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _contiguous(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -215,10 +165,11 @@ def combine(generator_ckpt: str | Path, dmae_ckpt: str | Path, out: str | Path, 
     meta = {**gmeta, "dmae": dmeta, "combined_from": {"generator": str(generator_ckpt), "dmae": str(dmae_ckpt)}}
     if note:
         meta["note"] = note
-    # the envelope post-filter (training/envelope.py) depends on the encoder only, which both share
+    from .postfilter import FILE  # the post-filter (training/postfilter.py) depends on the encoder only
+
     extra = {}
     for src in (Path(dmae_ckpt), Path(generator_ckpt)):
-        if (src / "envelope.safetensors").is_file():
-            extra["envelope.safetensors"] = (src / "envelope.safetensors").read_bytes()
+        if (src / FILE).is_file():
+            extra[FILE] = (src / FILE).read_bytes()
             break
     return save_checkpoint(out, gcfg, {"dmae": new, "generator": gen}, meta, dtype=dtype, extra_files=extra)

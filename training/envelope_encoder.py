@@ -1,14 +1,13 @@
 """Teach the DMAE encoder to carry the spectral envelope: a short supervised stage before the decoder trains on.
 
-Why: the encoder of the default DMAE learnt only through the diffusion decoder's weak gradient, and its latent holds
-little of the audio's band envelope. Measured on 40 held-out-style 5 s clips (2026-12-02): the post-filter's
-features of that latent explain R^2 0.55 of the envelope (32 mel bands x 2 channels x 4 STFT frames per latent
-frame), while a plain linear code of the same size, PCA-32 of the envelope itself, explains 0.98 (PCA-8: 0.94). The
-envelope is what the listener and the genre classifier hear first and what the post-filter restores, so the latent
-should hold it.
+Why: the encoder of the default DMAE learnt only through the diffusion decoder's weak gradient, and its latent held
+little of the audio's band envelope: the post-filter's features of that latent explained far less of the envelope
+than a plain linear code of the same size (PCA of the envelope itself; training/RECIPE.md, stage 4, has the
+figures). The envelope is what the listener and the genre classifier hear first and what the post-filter restores,
+so the latent should hold it.
 
 This stage trains the encoder (from the checkpoint's weights) with a linear head, a conv of 2 * context + 1 latent
-frames, to predict the post-filter's target: the standardised log band power of x (mousai_runtime.envelope). The
+frames, to predict the post-filter's target: the standardised log band power of x (mousai_runtime.postfilter). The
 head is thrown away afterwards (the post-filter is refitted in closed form on the new latents); the decoder is left
 as it was and must then be trained on with the encoder frozen (`train autoencoder --init-from NEW --freeze-encoder`),
 and the generator trained on the new latents. The latent stays what Moûsai's is: tanh of a 1D conv encoder of the
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mousai_runtime.envelope import Envelope
+from mousai_runtime.postfilter import PostFilter
 
-from .checkpoint import load_models, read_config, save_checkpoint
-from .envelope import DEFAULTS, targets
+from .checkpoint import load_models, read_config, save_checkpoint, weights_sha256
+from .postfilter import DEFAULTS, targets
 
 
 def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, steps: int = 1500,
@@ -43,7 +42,6 @@ def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, s
     """Train `checkpoint`'s DMAE encoder on the envelope objective; write the DMAE with the new encoder to `out`."""
     from .data.dataset import RandomCrops
     from .eval.reconstruction import holdout_clips
-    from .train import weights_sha256
 
     cfg, models = load_models(checkpoint, components=("dmae",))
     _, meta = read_config(checkpoint)
@@ -54,7 +52,7 @@ def train_encoder(checkpoint: str | Path, corpus: str | Path, out: str | Path, s
     if crop_length % hop:
         raise ValueError(f"crop_length must be a multiple of the latent hop {hop}")
     # the post-filter's own STFT settings, so the encoder learns exactly what fit-envelope will read back
-    env = Envelope(np.zeros((1, 1), np.float32), sr, hop, DEFAULTS["n_fft"], DEFAULTS["hop"], bands,
+    env = PostFilter(np.zeros((1, 1), np.float32), sr, hop, DEFAULTS["n_fft"], DEFAULTS["hop"], bands,
                    cfg.dmae.encoder.in_channels, context, DEFAULTS["gain_range"])
     torch.manual_seed(seed)
     head = nn.Conv1d(cfg.dmae.latent_channels, env.channels * bands * env.sub, 2 * context + 1, padding=context)

@@ -58,13 +58,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from mousai_runtime.bundle import sha256_file
 import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, atomic_dir, load_into, load_weights, read_config, save_checkpoint
+from mousai_runtime.files import atomic_dir, atomic_write_text, sha256_file
+
+from .checkpoint import CheckpointError, load_into, weights_sha256, load_weights, read_config, save_checkpoint
 from .model.configs import ModelConfig, load_config
 from .model.dmae import DMAE
 from .model.generator import Generator
@@ -115,19 +116,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
-
-
-def weights_sha256(state_dict: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
-        h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    return sha256_file(Path(path))[0]
 
 
 def _now() -> str:
@@ -272,7 +260,7 @@ def build_latent_cache(folder: Any, dmae: DMAE, dmae_sha: str, crop_length: int,
         if known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
             sha = known["sha256"]
         else:
-            sha = file_sha256(t.path)
+            sha = sha256_file(t.path)
             files[t.rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
         key = _latent_key(sha, crop_length, dmae_sha)
         if key in entries and (cache_dir / entries[key]["shard"]).is_file():
@@ -290,8 +278,8 @@ def build_latent_cache(folder: Any, dmae: DMAE, dmae_sha: str, crop_length: int,
         os.replace(tmp, cache_dir / shard)
         entries[key] = {"shard": shard, "crops": int(lat.shape[0]), "path": t.rel}
         encoded += 1
-        _write_json_atomic(index_path, index)  # progress survives a kill
-    _write_json_atomic(index_path, index)
+        atomic_write_text(index_path, json.dumps(index, indent=1))  # progress survives a kill
+    atomic_write_text(index_path, json.dumps(index, indent=1))
     log(f"latent cache: {encoded} file(s) encoded, {reused} reused ({cache_dir})")
 
 
@@ -307,12 +295,6 @@ def load_latent_cache(folder: Any, dmae_sha: str, crop_length: int, cache_dir: P
         key = _latent_key(index["files"][t.rel]["sha256"], crop_length, dmae_sha)
         out.append(load_file(str(cache_dir / index["entries"][key]["shard"]))["latent"])
     return out
-
-
-def _write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
 
 
 class LatentCrops:
@@ -657,7 +639,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
         if saved:
             if dmae_src is not None and not (dmae_src / "dmae.safetensors").is_file():
                 raise ValueError(f"not a DMAE checkpoint folder (no dmae.safetensors): {dmae_src}")
-            if dmae_src is not None and file_sha256(dmae_src / "dmae.safetensors") != saved["dmae_sha256"]:
+            if dmae_src is not None and sha256_file(dmae_src / "dmae.safetensors") != saved["dmae_sha256"]:
                 raise TrainingError(f"cannot resume with a different DMAE: this run trains on {run_dmae}")
         else:
             if dmae_src is None:
@@ -670,7 +652,7 @@ def _train(stage, data, config, out, steps, resume, batch_size, crop_length, lr,
             if world > 1:
                 dist.barrier()
         dmae_cfg, dmae_meta = read_config(run_dmae)
-        dmae_sha = file_sha256(run_dmae / "dmae.safetensors")
+        dmae_sha = sha256_file(run_dmae / "dmae.safetensors")
         if saved:
             cfg = ModelConfig.from_dict(saved["model"])
             if config is not None:

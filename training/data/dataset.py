@@ -9,7 +9,7 @@ depends on what was drawn before, on caching, on worker count or on process rest
 and resumed at step ``k`` (``RandomCrops(..., start_step=k)`` or just calling ``batch(k)``) sees exactly
 the batches an uninterrupted run sees.
 
-    folder = AudioFolder("/work/data/corpus")
+    folder = AudioFolder("data/corpus")
     crops = RandomCrops(folder, crop_length=2**18, seed=0, batch_size=8)
     audio, texts = crops.batch(step)          # audio: torch.float32 [8, 2, 2**18], texts: list[str]
     # or, as an IterableDataset yielding whole batches from step `start_step` on:
@@ -25,7 +25,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -44,9 +44,6 @@ PathLike = Union[str, os.PathLike]
 #: Metadata keys that may appear in a caption, in canonical order (the order is shuffled per draw).
 CAPTION_KEYS = ("title", "artist", "composer", "album", "genre", "style", "year", "bpm", "tempo", "key",
                 "mood", "instruments", "description", "tags")
-#: Keys never used as text (bookkeeping / legal). Anything not in CAPTION_KEYS is ignored anyway.
-NON_CAPTION_KEYS = ("path", "split", "licence", "license", "sha256", "source", "duration", "seed", "copyright",
-                    "package", "licence_file", "frames", "samplerate", "id")
 CAPTION_DROPOUT = 0.1
 CAPTION_JOINERS = (" ", ", ")
 #: A short caption (see caption_from_metadata's `short`) keeps 1 to this many fragments: what people type.

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mousai_runtime.stft import stft
+
 from . import metrics
 
 SR = 48000
@@ -42,10 +44,7 @@ def clip_features(audio: np.ndarray, sr: int = SR) -> np.ndarray:
     if _FB is None:
         _FB = metrics.mel_filterbank(SR, N_FFT, N_MELS).astype(np.float32)
     mono = np.asarray(audio, np.float32).mean(axis=0)
-    frames = metrics._frames(mono[None], N_FFT, HOP)[0]
-    from mousai_runtime.stft import hann_periodic
-
-    mag = np.abs(np.fft.rfft(frames * hann_periodic(N_FFT), axis=-1)).astype(np.float32)
+    mag = np.abs(stft(mono, N_FFT, HOP))  # [frames, bins] float32
     lm = np.log(1e-5 + mag @ _FB.T).T
     return (lm - lm.mean()).astype(np.float32)
 
@@ -245,7 +244,7 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 def _export(model, genres: Sequence[str], out: Path, report: dict) -> None:
     import torch
 
-    from training.checkpoint import atomic_dir
+    from mousai_runtime.files import atomic_dir
 
     def write(tmp: Path) -> None:
         example = torch.zeros(2, N_MELS, clip_frames())

@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from mousai_runtime import envelope
+from mousai_runtime import stft as _stft
 
 EPS = 1e-5
 MEL_BANDS, MEL_FFT, MEL_HOP = 128, 2048, 512
 MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 
 
-def _frames(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """Centred (reflect-padded) frames of x [..., L] -> [..., frames, n_fft]."""
-    pad = n_fft // 2
-    x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    return np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :]
-
-
 def stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """Complex STFT [..., frames, n_fft // 2 + 1] with a periodic Hann window (float64; the runtime's own STFT)."""
-    return envelope.stft(np.asarray(x, np.float64), n_fft, hop)
+    return _stft.stft(np.asarray(x, np.float64), n_fft, hop)
 
 
 def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     """Least-squares inverse of `stft` (windowed overlap-add divided by the summed squared window)."""
-    return envelope.istft(np.asarray(spec, np.complex128), n_fft, hop, length)
+    return _stft.istft(np.asarray(spec, np.complex128), n_fft, hop, length)
 
 
 def mel_filterbank(sr: int, n_fft: int = MEL_FFT, bands: int = MEL_BANDS) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -141,40 +141,3 @@ def reconstruction_table(autoencoder: AutoEncoder | None, clips: Sequence[Clip],
 
         rows.append(_score(clips, noise, "white noise at the clip's RMS", sr))
     return rows
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    lines = ["| reconstruction | log-mel L1 | multi-res STFT | wall s |", "|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.log_mel_l1:.3f} | {r.mrstft_l1:.3f} | {r.seconds:.1f} |" for r in rows]
-    return "\n".join(lines)
-
-
-def latent_usage(checkpoint: str | Path, clips: Sequence[Clip], sigmas: Sequence[float] = (0.2, 0.5, 0.8, 0.95),
-                 seed: int = 0, samples: int = 2**16) -> dict[str, Any]:
-    """How much the decoder relies on the latent: its v-loss with a zero latent over its v-loss with the real one,
-    per noise level, on the same noisy inputs (1.0 = the latent is ignored), and the fraction of latent values
-    in tanh saturation (|z| > 0.99)."""
-    import math
-
-    import torch
-
-    from training.checkpoint import load_models
-
-    cfg, models = load_models(checkpoint, components=("dmae",))
-    dmae = models["dmae"]
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(c.audio[:, :samples])) for c in clips])
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, Any] = {"ratio": {}, "loss": {}}
-    with torch.no_grad():
-        z = dmae.encode(x)
-        out["saturation"] = float((z.abs() > 0.99).float().mean())
-        x0 = x * cfg.dmae.audio_scale
-        for s in sigmas:
-            a, b = math.cos(s * math.pi / 2), math.sin(s * math.pi / 2)
-            noise = torch.randn(x0.shape, generator=g)
-            xt, vt = a * x0 + b * noise, a * noise - b * x0
-            sig = torch.full((x0.shape[0],), float(s))
-            real = float((dmae.denoise(xt, sig, z) - vt).pow(2).mean())
-            zero = float((dmae.denoise(xt, sig, torch.zeros_like(z)) - vt).pow(2).mean())
-            out["loss"][s], out["ratio"][s] = real, zero / real
-    return out

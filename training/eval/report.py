@@ -143,15 +143,14 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
                recon_seconds: float = 5.0, recon_per_track: int = 2, threads: int | None = None,
                log: Callable[[str], None] = print, **generate_kw) -> dict:
     """All report numbers for `bundle`; writes out_dir/report.json and out_dir/REPORT.md (atomically)."""
+    from mousai_runtime.files import atomic_dir, sha256_file
     from mousai_runtime.pipeline import Pipeline
-
-    from training.checkpoint import atomic_dir
 
     t_start = time.time()
     pipe = Pipeline(bundle, threads=threads)
     clf = G.GenreClassifier(classifier)
     genres = [g for g in clf.genres]
-    doc: dict[str, Any] = {"bundle": str(bundle), "manifest_sha256": _sha(Path(bundle) / "manifest.json"),
+    doc: dict[str, Any] = {"bundle": str(bundle), "manifest_sha256": sha256_file(Path(bundle) / "manifest.json"),
                            "classifier": clf.doc.get("training", {}), "genres": genres,
                            "defaults": pipe.bundle.defaults, "generate_kw": generate_kw}
     # reconstruction
@@ -160,7 +159,7 @@ def run_report(bundle: str | Path, corpus: str | Path, classifier: str | Path, o
     decoder_steps = int(generate_kw.get("decoder_steps") or pipe.bundle.defaults["decoder_steps"])
     steps = sorted(set(recon_steps) | {decoder_steps})
     # with a post-filter in the bundle: every row with it, and the bundle's decoder steps without it beside them
-    bare = Pipeline(bundle, threads=threads, postfilter=False) if pipe.envelope is not None else None
+    bare = Pipeline(bundle, threads=threads, postfilter=False) if pipe.postfilter is not None else None
     label = "DMAE + post-filter" if bare is not None else "DMAE"
     rows = R.reconstruction_table(lambda a, s, i: pipe.decode(pipe.encode(a), steps=s, seed=i, samples=a.shape[1]),
                                   clips, steps=steps, progress=log, label=label)
@@ -225,12 +224,6 @@ def _caption_lines(c: dict | None, short_accuracy: float) -> list[str]:
             f"trainer draws them): accuracy {c['accuracy']:.3f}, against {short_accuracy:.3f} with the short "
             f"prompts above; genres heard at least once: {', '.join(heard) if heard else 'none'}. The gap is how "
             "far the generator is from understanding a short prompt, the rest what it cannot make yet.", ""]
-
-
-def _sha(path: Path) -> str:
-    from mousai_runtime.bundle import sha256_file
-
-    return sha256_file(path)[0]
 
 
 def format_report(doc: dict) -> str:

@@ -222,10 +222,9 @@ def tiny() -> ModelConfig:
         inject_channels=32,
         resnet_groups=8,
         modulation_features=256,
-        # Three departures from a-unet's defaults, measured on the corpus (500 steps, loss with the real latent vs a
-        # zero latent): a-unet's merge and per-frame LayerNorm left the decoder blind to the latent (ratio 1.0000 at
-        # every noise level, and still after 3,250 steps); with these the latent is used from the start (ratio 1.15
-        # at sigma 0.2, 1.07 at 0.8, 1.18 at 0.95) and the loss is lower at every noise level.
+        # Three departures from a-unet's defaults: with a-unet's merge and per-frame LayerNorm this decoder ignored
+        # the latent (its loss with a zero latent equalled the real one's); with these it uses the latent from the
+        # start and the loss is lower at every noise level (training/RECIPE.md has the A/B table).
         merge="gated",
         modulation_norm="group",
         merge_scale_init=1.0,

@@ -1,6 +1,6 @@
 """Build the open music corpus: Debian game soundtracks + rendered procedural MIDI.
 
-Output (keep it OUTSIDE the repository, e.g. ``/work/data/corpus``)::
+Output (keep it OUTSIDE the repository, e.g. ``../data/corpus``)::
 
     out_dir/audio/<source>/<name>.flac     48 kHz stereo FLAC (16-bit)
     out_dir/midi/<style>/<name>.mid        the MIDI files the renders came from
@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mousai_runtime.bundle import sha256_file as _sha256_and_size
+from mousai_runtime.files import atomic_write_text, sha256_file
 
 from ..audio import AudioError, save_flac
 from . import midi as midi_mod
@@ -44,7 +43,7 @@ from .debian import DEBIAN_SOURCES, RecordingJob
 
 SR = 48000
 DEFAULT_MIDI_MINUTES = 120.0
-DEFAULT_DEBS_DIR = "/work/data/debs"
+DEFAULT_DEBS_DIR = None  # None: a folder "debs" beside the corpus folder (the .deb cache survives a rebuild)
 MANIFEST_VERSION = 1
 
 
@@ -74,17 +73,9 @@ class Job:
         return hashlib.sha256(json.dumps(self.recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def sha256_file(path) -> str:
-    return _sha256_and_size(Path(path))[0]
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _parse_sources(sources) -> list[str]:
@@ -163,7 +154,7 @@ def build_corpus(out_dir, sources: Optional[list[str]] = None, progress: bool = 
     """
     t0 = time.time()
     out_dir = Path(out_dir).resolve()
-    debs_dir = Path(debs_dir).resolve()
+    debs_dir = (out_dir.parent / "debs" if debs_dir is None else Path(debs_dir)).resolve()
     names = _parse_sources(sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     man_path = out_dir / "manifest.json"
@@ -331,7 +322,7 @@ def _summarise(files, packages, failed, names, midi_minutes, seed, elapsed) -> d
 
 
 def main(out_dir: str, sources: Optional[str] = None, midi_minutes: float = DEFAULT_MIDI_MINUTES,
-         debs_dir: str = DEFAULT_DEBS_DIR, progress: bool = True) -> int:
+         debs_dir: Optional[str] = DEFAULT_DEBS_DIR, progress: bool = True) -> int:
     """Entry point for ``mousai data build OUT_DIR --sources a,b``. Returns a process exit code:
     0 if everything was built, 1 if some source or file failed (the rest is still built), 2 on bad input."""
     try:
@@ -342,7 +333,7 @@ def main(out_dir: str, sources: Optional[str] = None, midi_minutes: float = DEFA
     repo = Path(__file__).resolve().parents[3]
     out = Path(out_dir).resolve()
     if out == repo or repo in out.parents:
-        print(f"error: {out} is inside the repository; put the corpus outside it (e.g. /work/data/corpus)",
+        print(f"error: {out} is inside the repository; put the corpus outside it (e.g. ../data/corpus)",
               file=sys.stderr)
         return 2
     man = build_corpus(out, names, progress=progress, midi_minutes=midi_minutes, debs_dir=debs_dir)
@@ -356,7 +347,7 @@ def _cli(argv=None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--sources", default=None, help=f"comma-separated subset of: {','.join(SOURCES)}")
     ap.add_argument("--midi-minutes", type=float, default=DEFAULT_MIDI_MINUTES)
-    ap.add_argument("--debs-dir", default=DEFAULT_DEBS_DIR)
+    ap.add_argument("--debs-dir", default=DEFAULT_DEBS_DIR, help="the .deb cache (default: OUT_DIR/../debs)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     return main(a.out_dir, a.sources, a.midi_minutes, a.debs_dir, progress=not a.no_progress)

@@ -39,7 +39,6 @@ import numpy as np
 from ..audio import AudioError, info, load_audio, load_audio_bytes
 
 MIN_SECONDS = 20.0  # shorter files are jingles / stingers (victory fanfares, 5 s loops): not kept
-SILENCE_RMS = 1e-4
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""One interface for running a component step: ONNX Runtime, TensorRT (native engines), torch (parity tests only).
+"""Execution backends: one interface for running a component step on ONNX Runtime or on TensorRT engines (plans).
 
-    engine.run(component, {input name: array}) -> array      component in text_encoder, generator, encoder, decoder
+    backend.run(component, {input name: array}) -> array      component in text_encoder, generator, encoder, decoder
 
 Sessions / engines are created once per component (lazily, under a lock) and reused. `run` is safe to call from
-several threads (ORT's InferenceSession.run is thread-safe; the TensorRT and torch engines serialise per component).
-Nothing here imports torch: the torch engine is mousai_export.torch_engine, loaded by name on request.
+several threads (ORT's InferenceSession.run is thread-safe; the TensorRT backend serialises per component).
+Nothing here imports torch: the torch backend is mousai_export.torch_backend, loaded by name on request.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from .bundle import Bundle, BundleError, check_relative_path
 from .onnx_check import external_data_locations
 
 
-class EngineError(RuntimeError):
-    """An engine that cannot run here (missing GPU, provider, TensorRT, torch, ...). One-line message."""
+class BackendError(RuntimeError):
+    """A backend that cannot run here (missing GPU, provider, TensorRT, torch, ...). One-line message."""
 
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
@@ -65,7 +65,7 @@ def idle_cores() -> int:
     return max(1, min(n, int(n - load + 0.5)))
 
 
-class Engine:
+class Backend:
     """Base: `run(component, inputs) -> first output` and a description of what really runs."""
 
     kind = "base"
@@ -81,7 +81,7 @@ class Engine:
 
     def run_fp32(self, component: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """One call of the component's fp32 fallback graph (fp16 bundles exported with --fp16-fallback)."""
-        raise EngineError(f"the {self.kind} engine cannot run fp32 fallback graphs: use --engine onnx")
+        raise BackendError(f"the {self.kind} backend cannot run fp32 fallback graphs: use --engine onnx")
 
     def describe(self) -> str:
         return self.kind
@@ -108,7 +108,7 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     for r in requested:
         name = PROVIDER_ALIASES.get(r.strip().lower(), r.strip())
         if name not in available:
-            raise EngineError(f"ONNX Runtime provider {name} is not available here (available: "
+            raise BackendError(f"ONNX Runtime provider {name} is not available here (available: "
                               f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and a GPU")
         out.append(name)
     if "CPUExecutionProvider" not in out:
@@ -116,7 +116,7 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     return out
 
 
-class OrtEngine(Engine):
+class OrtBackend(Backend):
     """ONNX Runtime sessions over a bundle's graphs (created from the verified bytes)."""
 
     kind = "onnx"
@@ -130,7 +130,7 @@ class OrtEngine(Engine):
         self.explicit = providers is not None
         self.requested = resolve_providers(providers)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise EngineError(f"threads must be an integer >= 1, got {threads!r}")
+            raise BackendError(f"threads must be an integer >= 1, got {threads!r}")
         self.threads = threads or idle_cores()  # None: the cores not busy with other work at creation
         self.spinning = spinning
         self.log_severity = log_severity
@@ -210,7 +210,7 @@ class OrtEngine(Engine):
         spec = self.bundle.model(component)
         file = spec.fp32_file if fp32 else spec.file
         if file is None:
-            raise EngineError(f"{self.bundle.path}: the bundle has no fp32 fallback graph for {component} "
+            raise BackendError(f"{self.bundle.path}: the bundle has no fp32 fallback graph for {component} "
                               "(export it with --fp16 --fp16-fallback)")
         data = self.model_source(file)
         try:
@@ -218,11 +218,11 @@ class OrtEngine(Engine):
                 warnings.simplefilter("ignore")
                 sess = ort.InferenceSession(data, sess_options=self._options(), providers=self._provider_options())
         except Exception as e:  # ORT raises its own exception types
-            raise EngineError(f"ONNX Runtime cannot load {file}: {' '.join(str(e).split())[:300]}") from None
+            raise BackendError(f"ONNX Runtime cannot load {file}: {' '.join(str(e).split())[:300]}") from None
         used = sess.get_providers()
         self._used[component] = used
         if self.explicit and self.requested[0] not in used:
-            raise EngineError(f"asked for {self.requested[0]} but ONNX Runtime runs {file} on {used[0]} "
+            raise BackendError(f"asked for {self.requested[0]} but ONNX Runtime runs {file} on {used[0]} "
                               "(no usable GPU / driver / TensorRT?)")
         names = {i.name for i in sess.get_inputs()}
         want = {t.name for t in spec.inputs}
@@ -255,7 +255,7 @@ class OrtEngine(Engine):
             out = sess.run([out_name], feeds)[0]
         except Exception as e:  # ORT's own exception types: shape errors, out of memory, ...
             shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-            raise EngineError(f"ONNX Runtime failed running {spec.fp32_file if fp32 else spec.file} on {shapes}: "
+            raise BackendError(f"ONNX Runtime failed running {spec.fp32_file if fp32 else spec.file} on {shapes}: "
                               f"{' '.join(str(e).split())[:300]}") from None
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
@@ -291,7 +291,7 @@ def _import_cudart():
     return cudart
 
 
-class TensorRTEngine(Engine):
+class TensorRTBackend(Backend):
     """Native TensorRT engines from `bundle/trt/*.engine` (TensorRT 10 API, device memory via cuda-python).
 
     `trt/engines.json` (written by mousai_export.trt) maps each component to its engine file, the ONNX sha256 it
@@ -307,13 +307,13 @@ class TensorRTEngine(Engine):
         try:
             import tensorrt as trt  # type: ignore
         except Exception:  # ImportError, or an install whose libraries fail to load
-            raise EngineError(TRT_HELP + " (no usable tensorrt module)") from None
+            raise BackendError(TRT_HELP + " (no usable tensorrt module)") from None
         cudart = _import_cudart()
         if cudart is None:
-            raise EngineError(TRT_HELP + " (no cuda-python module)")
+            raise BackendError(TRT_HELP + " (no cuda-python module)")
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0 or count == 0:
-            raise EngineError(TRT_HELP + " (no CUDA device found)")
+            raise BackendError(TRT_HELP + " (no CUDA device found)")
         self.trt, self.cudart, self.bundle, self.device = trt, cudart, bundle, device
         self._check(cudart.cudaSetDevice(device))
         err, props = cudart.cudaGetDeviceProperties(device)
@@ -330,21 +330,21 @@ class TensorRTEngine(Engine):
         if isinstance(err, tuple):
             err = err[0]
         if int(err) != 0:
-            raise EngineError(f"CUDA error {err} in the TensorRT engine")
+            raise BackendError(f"CUDA error {err} in the TensorRT engine")
 
     def index(self) -> dict:
         """trt/engines.json (written by the exporter; hashed like every file): which engine serves which graph."""
         if self._index is None:
             if "trt/engines.json" not in self.bundle.manifest["files"]:
-                raise EngineError(f"{self.bundle.path} has no TensorRT engines: export it with --engine trt on a "
+                raise BackendError(f"{self.bundle.path} has no TensorRT engines: export it with --engine trt on a "
                                   "machine with this GPU")
             try:
                 idx = json.loads(self.bundle.read_bytes("trt/engines.json"))
             except ValueError as e:
-                raise EngineError(f"unreadable trt/engines.json: {e}") from None
+                raise BackendError(f"unreadable trt/engines.json: {e}") from None
             cc = f"{self.cc[0]}.{self.cc[1]}"
             if idx.get("tensorrt") != self.trt.__version__ or idx.get("compute_capability") != cc:
-                raise EngineError(f"the bundle's TensorRT engines were built with TensorRT {idx.get('tensorrt')} "
+                raise BackendError(f"the bundle's TensorRT engines were built with TensorRT {idx.get('tensorrt')} "
                                   f"for compute capability {idx.get('compute_capability')}; this machine has "
                                   f"TensorRT {self.trt.__version__} and {cc}: re-export with --engine trt here")
             self._index = idx
@@ -353,10 +353,10 @@ class TensorRTEngine(Engine):
     def engine_file(self, component: str) -> str:
         entry = self.index().get("engines", {}).get(component)
         if not entry:
-            raise EngineError(f"trt/engines.json has no engine for {component}")
+            raise BackendError(f"trt/engines.json has no engine for {component}")
         onnx_sha = self.bundle.manifest["files"][self.bundle.model(component).file]["sha256"]
         if entry.get("onnx_sha256") != onnx_sha:
-            raise EngineError(f"the TensorRT engine for {component} was built from another {component} graph "
+            raise BackendError(f"the TensorRT engine for {component} was built from another {component} graph "
                               "(ONNX sha256 differs): re-export with --engine trt")
         return entry["file"]
 
@@ -369,7 +369,7 @@ class TensorRTEngine(Engine):
                 data = self.bundle.read_bytes(self.engine_file(component))  # hashed
                 engine = self.runtime.deserialize_cuda_engine(data)
                 if engine is None:
-                    raise EngineError(f"TensorRT could not deserialize the {component} engine (version mismatch?)")
+                    raise BackendError(f"TensorRT could not deserialize the {component} engine (version mismatch?)")
                 ctx = engine.create_execution_context()
                 err, stream = self.cudart.cudaStreamCreate()
                 self._check(err)
@@ -399,7 +399,7 @@ class TensorRTEngine(Engine):
                 arr = np.ascontiguousarray(inputs[t.name], dtype=trt.nptype(engine.get_tensor_dtype(t.name)))
                 host_in.append(arr)
                 if not ctx.set_input_shape(t.name, arr.shape):
-                    raise EngineError(f"TensorRT {component}: input {t.name} shape {arr.shape} is outside the "
+                    raise BackendError(f"TensorRT {component}: input {t.name} shape {arr.shape} is outside the "
                                       "engine's optimisation profile (use a chunk size within it)")
                 ptr = self._buffer(part, t.name, arr.nbytes)
                 self._check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, stream))
@@ -414,7 +414,7 @@ class TensorRTEngine(Engine):
                 nbytes = int(np.prod(oshape)) * np.dtype(trt.nptype(engine.get_tensor_dtype(o.name))).itemsize
                 ctx.set_tensor_address(o.name, self._buffer(part, o.name, nbytes))
             if not ctx.execute_async_v3(stream):
-                raise EngineError(f"TensorRT {component}: execution failed")
+                raise BackendError(f"TensorRT {component}: execution failed")
             self._check(cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes, d2h, stream))
             self._check(cudart.cudaStreamSynchronize(stream))
         return out.astype(np.float32, copy=False)
@@ -440,35 +440,35 @@ class TensorRTEngine(Engine):
 
 
 # ------------------------------------------------------------------------------------------------- torch
-# The torch engine (parity tests only) lives on the export side, mousai_export/torch_engine.py, so that this
-# package holds no torch code at all; make_engine imports it by name only when asked for it.
+# The torch backend (parity tests only) lives on the export side, mousai_export/torch_backend.py, so that this
+# package holds no torch code at all; make_backend imports it by name only when asked for it.
 
 
-def make_engine(kind: str | Engine, bundle: Bundle, providers=None, threads: int | None = None,
-                checkpoint: str | os.PathLike | None = None) -> Engine:
-    if isinstance(kind, Engine):
+def make_backend(kind: str | Backend, bundle: Bundle, providers=None, threads: int | None = None,
+                checkpoint: str | os.PathLike | None = None) -> Backend:
+    if isinstance(kind, Backend):
         return kind
     k = str(kind).lower()
     if k in ("onnx", "ort", "onnxruntime"):
-        return OrtEngine(bundle, providers=providers, threads=threads)
+        return OrtBackend(bundle, providers=providers, threads=threads)
     if k in ("trt", "tensorrt"):
-        return TensorRTEngine(bundle)
+        return TensorRTBackend(bundle)
     if k == "torch":
         if checkpoint is None:
-            raise EngineError("--engine torch is for parity tests: it needs the checkpoint folder the bundle was "
-                              "exported from (Pipeline(bundle, engine='torch', checkpoint=...))")
-        from .bundle import sha256_file
+            raise BackendError("--engine torch is for parity tests: it needs the checkpoint folder the bundle was "
+                              "exported from (Pipeline(bundle, backend='torch', checkpoint=...))")
+        from .files import sha256_file
 
         src = bundle.manifest.get("source") or {}
         for key, fname in (("checkpoint_config_sha256", "config.json"), ("dmae_weights_sha256", "dmae.safetensors"),
                            ("generator_weights_sha256", "generator.safetensors")):
             f = Path(checkpoint) / fname
-            if key in src and f.is_file() and sha256_file(f)[0] != src[key]:
-                raise EngineError(f"checkpoint {checkpoint} is not the one bundle {bundle.path} was exported from "
+            if key in src and f.is_file() and sha256_file(f) != src[key]:
+                raise BackendError(f"checkpoint {checkpoint} is not the one bundle {bundle.path} was exported from "
                                   f"({fname} differs): parity would compare different models")
         try:
-            torch_engine = importlib.import_module("mousai_export.torch_engine")
+            torch_backend = importlib.import_module("mousai_export.torch_backend")
         except ImportError as e:
-            raise EngineError(f"--engine torch needs torch and the export extras: pip install 'mousai[export]' ({e})") from None
-        return torch_engine.TorchEngine(checkpoint, threads=threads)
-    raise EngineError(f"unknown engine {kind!r}: use onnx, trt or torch")
+            raise BackendError(f"--engine torch needs torch and the export extras: pip install 'mousai[export]' ({e})") from None
+        return torch_backend.TorchBackend(checkpoint, threads=threads)
+    raise BackendError(f"unknown backend {kind!r}: use onnx, trt or torch")

@@ -1,12 +1,13 @@
-"""The spectral-envelope post-filter: put the decoder's output back on the band envelope its latent encodes.
+"""The post-filter (manifest `postfilter`, kind "envelope"): put the decoder's output back on the band envelope its
+latent encodes.
 
-Why: the tiny DMAE decoder, trained for a few CPU hours, invents energy where the source had none (70x too much
-above 15 kHz, ~3x at 1-3.4 kHz; training/RECIPE.md), and those are cues a listener (and the genre classifier)
-uses. The latent is a 64x compression of the *magnitude* STFT, so the coarse band envelope of the audio is
-recoverable from it: a linear map (fitted in closed form on the training corpus by `training/envelope.py`) from a
-few latent frames and their squares predicts the log power of `bands` mel-spaced bands per channel and STFT frame.
+Why: a small CPU-trained DMAE decoder invents energy where the source had none (training/RECIPE.md measures it), and
+those are cues a listener (and the genre classifier) uses. The latent is a 64x compression of the *magnitude* STFT,
+so the coarse band envelope of the audio is recoverable from it: a linear map (fitted in closed form on the training
+corpus by `training/postfilter.py`) from a few latent frames and their squares predicts the log power of `bands`
+mel-spaced bands per channel and STFT frame.
 
-    post = Envelope.from_bundle(bundle)      # the manifest's `postfilter` section + its verified weights file
+    post = PostFilter.from_bundle(bundle)    # the manifest's `postfilter` section + its verified weights file
     audio = post.apply(audio, latent)        # [B, 2, L], latent [B, C, T]: per-band gains, clipped
 
 The gains are computed per STFT frame (n_fft, hop of the spec: 1024, 256 at 48 kHz), interpolated across bins by
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stft import hann_periodic
+from .stft import istft, stft
 
 FEATURES = "latent+square"  # per latent frame: the latent of 2 * context + 1 frames and their squares, then 1
 EPS = 1e-10  # floor of band power (log -23: digital silence)
@@ -49,39 +50,6 @@ def band_matrices(sample_rate: int, n_fft: int, bands: int) -> tuple[np.ndarray,
     return w.astype(np.float32), (w / w.sum(1, keepdims=True)).astype(np.float32)
 
 
-def stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """[..., L] -> [..., frames = 1 + L // hop, n_fft // 2 + 1]: centred (reflect), periodic Hann. float64 input
-    stays float64 (complex128; the evaluation's metrics), anything else is computed in float32 (complex64)."""
-    dt = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
-    x = np.asarray(x, dt)
-    pad = n_fft // 2
-    xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(xp, n_fft, axis=-1)[..., ::hop, :][..., :1 + x.shape[-1] // hop, :]
-    spec = np.fft.rfft(frames * hann_periodic(n_fft).astype(dt), axis=-1)
-    return spec if dt == np.float64 else spec.astype(np.complex64)
-
-
-def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
-    """Least-squares inverse of `stft` (windowed overlap-add over the summed squared window); hop divides n_fft.
-    complex128 in -> float64 out, else float32."""
-    if n_fft % hop:
-        raise ValueError(f"hop {hop} does not divide n_fft {n_fft}")
-    dt = np.float64 if np.asarray(spec).dtype == np.complex128 else np.float32
-    w = hann_periodic(n_fft).astype(dt)
-    frames = np.fft.irfft(spec, n=n_fft, axis=-1).astype(dt) * w  # [..., F, n_fft]
-    lead, f = frames.shape[:-2], frames.shape[-2]
-    k = n_fft // hop
-    blocks = np.zeros(lead + (f + k - 1, hop), dt)
-    norm = np.zeros((f + k - 1, hop), dt)
-    parts, wparts = frames.reshape(lead + (f, k, hop)), (w * w).reshape(k, hop)
-    for j in range(k):  # frame i's j-th hop-long part lands in block i + j
-        blocks[..., j:j + f, :] += parts[..., :, j, :]
-        norm[j:j + f] += wparts[j]
-    out = (blocks / np.maximum(norm, 1e-8)).reshape(lead + (-1,))
-    pad = n_fft // 2
-    return np.ascontiguousarray(out[..., pad:pad + length])
-
-
 def latent_features(z: np.ndarray, context: int) -> np.ndarray:
     """latent [C, T] -> [T, 2 * C * (2 * context + 1) + 1] (edge-padded context, squares, constant)."""
     c, t = z.shape
@@ -91,7 +59,7 @@ def latent_features(z: np.ndarray, context: int) -> np.ndarray:
 
 
 @dataclass
-class Envelope:
+class PostFilter:
     weights: np.ndarray  # [features, sub * channels * bands]
     sample_rate: int
     latent_hop: int
@@ -137,7 +105,7 @@ class Envelope:
         return out
 
     @classmethod
-    def from_bundle(cls, bundle) -> "Envelope":
+    def from_bundle(cls, bundle) -> "PostFilter":
         """The post-filter of a loaded Bundle (its `postfilter` section + the verified bytes of its weights)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load

@@ -1,7 +1,7 @@
-"""The PyTorch engine behind mousai_runtime's Engine interface: the checkpoint's models, for parity tests.
+"""The PyTorch backend behind mousai_runtime's Backend interface: the checkpoint's models, for parity tests.
 
 It lives here, not in mousai_runtime, so the runtime package never contains torch code;
-`mousai_runtime.engines.make_engine("torch", ...)` imports this module by name only when asked.
+`mousai_runtime.backends.make_backend("torch", ...)` imports this module by name only when asked.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mousai_runtime.engines import Engine, EngineError
+from mousai_runtime.backends import Backend, BackendError
 
 
-class TorchEngine(Engine):
+class TorchBackend(Backend):
     """The PyTorch models of a checkpoint folder, for parity tests. Imports torch (lazily, here only)."""
 
     kind = "torch"
@@ -25,7 +25,7 @@ class TorchEngine(Engine):
             import torch
             from training.checkpoint import CheckpointError, load_models
         except ImportError as e:
-            raise EngineError(f"--engine torch needs torch and the training package ({e})") from None
+            raise BackendError(f"--engine torch needs torch and the training package ({e})") from None
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
@@ -33,7 +33,7 @@ class TorchEngine(Engine):
             has_generator = (Path(checkpoint) / "generator.safetensors").is_file()
             self.config, models = load_models(checkpoint, ("dmae", "generator") if has_generator else ("dmae",))
         except CheckpointError as e:
-            raise EngineError(str(e)) from None
+            raise BackendError(str(e)) from None
         self.dmae, self.generator = models["dmae"], models.get("generator")
         self._text = text_encoder  # a FrozenTextEncoder-like module, built lazily
         self._lock = threading.Lock()
@@ -62,7 +62,7 @@ class TorchEngine(Engine):
             elif component == "decoder":
                 out = self.dmae.denoise(t["x"].float(), t["sigma"].float(), t["latent"].float())
             else:
-                raise EngineError(f"unknown component {component}")
+                raise BackendError(f"unknown component {component}")
         return out.float().numpy()
 
     @property

@@ -1,11 +1,11 @@
-"""Fit the spectral-envelope post-filter (mousai_runtime/envelope.py) of a DMAE checkpoint, in closed form.
+"""Fit the post-filter (mousai_runtime/postfilter.py, kind "envelope") of a DMAE checkpoint, in closed form.
 
 For clips of the corpus' training split: latent z = encoder(x) (the checkpoint's torch encoder) and the target,
 the log band power of x per channel and STFT frame. Ridge regression from latent features (a few frames of z and
 their squares) to the targets; the weights go into CKPT/envelope.safetensors with their settings and the encoder
 hash in its metadata, so `mousai export` ships them and a later DMAE with the same (frozen) encoder keeps them.
 
-    python -m training.envelope CKPT --data CORPUS [--clips 400]   (also: mousai checkpoint fit-envelope)
+    python -m training.postfilter CKPT --data CORPUS [--clips 400]   (also: mousai checkpoint fit-envelope)
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mousai_runtime.audio import atomic_write
-from mousai_runtime.envelope import Envelope, FEATURES, latent_features
+from mousai_runtime.files import atomic_write
+from mousai_runtime.postfilter import FEATURES, PostFilter, latent_features
 
-FILE = "envelope.safetensors"
+FILE = "envelope.safetensors"  # the weights file of the kind "envelope" (in checkpoints and bundles)
 DEFAULTS = {"n_fft": 1024, "hop": 256, "bands": 32, "context": 3, "gain_range": (-12.0, 2.0), "ridge": 10.0}
 
 
@@ -28,8 +28,7 @@ def encoder_fingerprint(checkpoint: str | Path) -> str:
     of the same encoder agree): the post-filter is valid for exactly the latents of this encoder."""
     import torch
 
-    from training.checkpoint import load_weights
-    from training.train import weights_sha256
+    from training.checkpoint import load_weights, weights_sha256
 
     w = load_weights(checkpoint, "dmae")
     return weights_sha256({k[len("encoder."):]: v.to(torch.float16) for k, v in w.items() if k.startswith("encoder.")})
@@ -63,9 +62,9 @@ def training_clips(corpus: str | Path, n: int, seconds: float = 5.0, sr: int = 4
     return out
 
 
-def targets(env: Envelope, audio: np.ndarray, frames: int) -> np.ndarray:
+def targets(env: PostFilter, audio: np.ndarray, frames: int) -> np.ndarray:
     """audio [2, L] -> [frames, 2 * bands * sub]: the log band power of every STFT frame of each latent frame (the
-    last frame(s) padded, as Envelope.apply does), one row per latent frame."""
+    last frame(s) padded, as PostFilter.apply does), one row per latent frame."""
     have, _ = env.band_log_power(audio)  # [2, bands, F]
     need = env.sub * frames
     if have.shape[-1] < need:
@@ -75,9 +74,9 @@ def targets(env: Envelope, audio: np.ndarray, frames: int) -> np.ndarray:
 
 def fit(encode: Callable[[np.ndarray], np.ndarray], clips: list[np.ndarray], sample_rate: int, latent_hop: int,
         n_fft: int = 1024, hop: int = 256, bands: int = 32, context: int = 3,
-        gain_range: tuple[float, float] = (-8.0, 2.0), ridge: float = 10.0) -> tuple[Envelope, dict[str, float]]:
-    """Least squares (ridge on everything but the constant) -> (Envelope, {"r2": training R^2, "rmse": ...})."""
-    env = Envelope(np.zeros((1, 1), np.float32), sample_rate, latent_hop, n_fft, hop, bands, 2, context, gain_range)
+        gain_range: tuple[float, float] = (-8.0, 2.0), ridge: float = 10.0) -> tuple[PostFilter, dict[str, float]]:
+    """Least squares (ridge on everything but the constant) -> (PostFilter, {"r2": training R^2, "rmse": ...})."""
+    env = PostFilter(np.zeros((1, 1), np.float32), sample_rate, latent_hop, n_fft, hop, bands, 2, context, gain_range)
     gram, cross, n, ysum, ysq = None, None, 0, 0.0, 0.0
     for a in clips:
         z = encode(a)  # [C, T]
@@ -97,7 +96,7 @@ def fit(encode: Callable[[np.ndarray], np.ndarray], clips: list[np.ndarray], sam
     return env, {"r2": 1.0 - sse / sst, "rmse": float(np.sqrt(max(sse, 0.0) / (n * y.shape[1]))), "frames": n}
 
 
-def save(env: Envelope, path: Path, info: dict[str, Any]) -> None:
+def save(env: PostFilter, path: Path, info: dict[str, Any]) -> None:
     """envelope.safetensors: tensor "weights" + metadata "settings" (JSON), written atomically."""
     from safetensors.numpy import save
 

@@ -1,10 +1,11 @@
-"""The envelope post-filter (mousai_runtime/envelope.py) and its closed-form fit (training/envelope.py)."""
+"""The post-filter (mousai_runtime/postfilter.py, kind "envelope") and its closed-form fit (training/postfilter.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mousai_runtime import envelope as E
+from mousai_runtime import postfilter as E
+from mousai_runtime import stft as S
 
 SR, LHOP = 48000, 1024
 
@@ -13,7 +14,7 @@ def make_env(weights=None, bands=32, context=1, gain_range=(-8.0, 2.0), latent_c
     feats = 2 * latent_channels * (2 * context + 1) + 1
     sub = LHOP // 256
     w = np.zeros((feats, sub * 2 * bands), np.float32) if weights is None else weights
-    return E.Envelope(w, SR, LHOP, 1024, 256, bands, 2, context, gain_range)
+    return E.PostFilter(w, SR, LHOP, 1024, 256, bands, 2, context, gain_range)
 
 
 def band_power_db(x: np.ndarray, lo: float, hi: float) -> float:
@@ -24,7 +25,7 @@ def band_power_db(x: np.ndarray, lo: float, hi: float) -> float:
 
 def test_stft_istft_round_trip_is_exact():
     x = np.random.default_rng(0).standard_normal((2, 3, 12345)).astype(np.float32)
-    y = E.istft(E.stft(x, 1024, 256), 1024, 256, x.shape[-1])
+    y = S.istft(S.stft(x, 1024, 256), 1024, 256, x.shape[-1])
     assert y.shape == x.shape
     assert np.abs(x - y).max() < 1e-5
 
@@ -78,7 +79,7 @@ def test_gain_is_clipped_from_above():
 def test_fit_recovers_an_envelope_the_latent_carries():
     """A stand-in encoder whose latent is a fixed mix of the clip's coarse band levels (tanh-squashed): the ridge fit
     of the true post-filter code must predict held-out clips' envelopes closely."""
-    from training.envelope import fit
+    from training.postfilter import fit
 
     rng = np.random.default_rng(4)
     bands = 8
@@ -111,7 +112,7 @@ def test_fit_recovers_an_envelope_the_latent_carries():
 def test_saved_weights_round_trip_through_safetensors(tmp_path):
     from safetensors import safe_open
 
-    from training.envelope import save
+    from training.postfilter import save
 
     env = make_env()
     env.weights = np.random.default_rng(5).standard_normal(env.weights.shape).astype(np.float32)
@@ -163,7 +164,7 @@ def test_pipeline_applies_the_bundles_post_filter_unless_told_not_to(tiny, tmp_p
     latent = np.random.default_rng(6).uniform(-0.5, 0.5, (1, 32, 96)).astype(np.float32)
     on = Pipeline(p, chunk_seconds=1.0)  # several chunks: the filter runs per chunk, before the crossfade
     off = Pipeline(p, chunk_seconds=1.0, postfilter=False)
-    assert on.envelope is not None and off.envelope is None
+    assert on.postfilter is not None and off.postfilter is None
     a, b = on.decode(latent, steps=2, seed=3), off.decode(latent, steps=2, seed=3)
     assert a.shape == b.shape == (2, 96 * 1024) and np.isfinite(a).all()
     drop_hi = band_power_db(b, 14000, 24000) - band_power_db(a, 14000, 24000)
