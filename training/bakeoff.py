@@ -128,7 +128,86 @@ class SpecDiffCandidate(Candidate):
         return fd.istft(spec, cfg.n_fft, cfg.hop, t * LATENT_HOP)
 
 
-CANDIDATES = {"mag": MagCandidate, "specdiff": SpecDiffCandidate}
+class PhaseCandidate(Candidate):
+    """Candidate 3: latent -> log |STFT| + phase (n_fft 1024, hop 256) -> inverse STFT, trained on the magnitude,
+    multi-resolution STFT and log-mel of the output waveform, and the magnitude-weighted anti-wrapped errors of the
+    phase's time and frequency derivatives (instantaneous frequency, group delay: what the magnitude determines; the
+    absolute phase does not enter). No discriminator: the CPU cannot afford one."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = fd.PhaseDecoder(fd.PhaseDecoderConfig())
+
+    resolutions = ((1024, 256), (2048, 512))  # the eval's log-mel is read off the second
+
+    def loss(self, audio: Tensor) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.decoder.cfg
+        z = self.encode(audio)
+        n = z.shape[-1] * LATENT_HOP
+        target = fd.stft(audio, cfg.n_fft, cfg.hop)[..., : n // cfg.hop]
+        pred_log, pred_spec = self.decoder.spectrum(z)
+        true_mag = fd.magnitude(target)
+        l1 = (pred_log - torch.log(true_mag + fd.LOG_EPS)).abs().mean()
+        w = true_mag / true_mag.mean().clamp_min(1e-6)
+        dphi_p, dphi_t = pred_spec.angle(), target.angle()
+        inst_freq = (w[..., 1:] * fd.anti_wrap(dphi_p.diff(dim=-1) - dphi_t.diff(dim=-1))).mean()
+        group_delay = (w[..., 1:, :] * fd.anti_wrap(dphi_p.diff(dim=-2) - dphi_t.diff(dim=-2))).mean()
+        y = fd.istft(F.pad(pred_spec, (0, 1)), cfg.n_fft, cfg.hop, n)
+        x = audio[..., :n]
+        mr = 0.0
+        for nf, hop in self.resolutions:
+            with torch.no_grad():
+                mx = fd.magnitude(fd.stft(x, nf, hop))
+            my = fd.magnitude(fd.stft(y, nf, hop))
+            mr = mr + torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(mx).clamp_min(1e-6) \
+                + (torch.log(my + fd.LOG_EPS) - torch.log(mx + fd.LOG_EPS)).abs().mean()
+        mr = mr / len(self.resolutions)
+        mel = (log_mel_of_mag(my) - log_mel_of_mag(mx)).abs().mean()
+        aux = self.aux_loss(z, audio)
+        loss = l1 + mr + mel + 0.5 * (inst_freq + group_delay) + self.aux_weight * aux
+        return loss, {"l1": l1.item(), "mr": mr.item(), "mel": mel.item(), "if": inst_freq.item(),
+                      "gd": group_delay.item(), "aux": aux.item()}
+
+    @torch.no_grad()
+    def reconstruct(self, audio: Tensor) -> Tensor:
+        return self.decoder(self.encode(audio))
+
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "engines" / "checkpoints" / "default"
+
+
+class WaveCandidate(Candidate):
+    """Candidate 1, the baseline: the shipped waveform v-diffusion DMAE (the paper's kind), continued from its
+    committed weights with its encoder unfrozen and the same chroma head on its latent. Decoded with 4 DDIM steps,
+    without the post-filter (which is fitted to one encoder)."""
+
+    decode_steps = 4
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        from training.checkpoint import load_models
+
+        _, models = load_models(DEFAULT_CHECKPOINT, ("dmae",))
+        self.dmae = models["dmae"].float()
+        self.encoder = self.dmae.encoder
+        self.encoder.aux = nn.Conv1d(self.dmae.cfg.latent_channels, 12, 5, padding=2)
+        self.decoder = self.dmae.decoder
+
+    def encode(self, audio: Tensor) -> Tensor:
+        return self.dmae.encode(audio)
+
+    def loss(self, audio: Tensor) -> tuple[Tensor, dict[str, float]]:
+        z = self.encode(audio)
+        v = v_loss(lambda x, s: self.dmae.denoise(x, s, z), audio * self.dmae.cfg.audio_scale)
+        aux = self.aux_loss(z, audio)
+        return v + self.aux_weight * aux, {"v": v.item(), "aux": aux.item()}
+
+    @torch.no_grad()
+    def reconstruct(self, audio: Tensor, seed: int = 0) -> Tensor:
+        return self.dmae.decode(self.encode(audio), steps=self.decode_steps, generator=torch.Generator().manual_seed(seed))
+
+
+CANDIDATES = {"mag": MagCandidate, "specdiff": SpecDiffCandidate, "phase": PhaseCandidate, "wave": WaveCandidate}
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

@@ -101,8 +101,13 @@ class ConvNeXtBlock(nn.Module):
         return x + h.transpose(1, 2)
 
 
+def magnitude(spec: Tensor) -> Tensor:
+    """|spec| through real and imaginary parts (torch's complex abs is several times slower on the CPU)."""
+    return torch.view_as_real(spec).pow(2).sum(-1).add(1e-12).sqrt()
+
+
 def log_magnitude(spec: Tensor) -> Tensor:
-    return torch.log(spec.abs() + LOG_EPS)
+    return torch.log(magnitude(spec) + LOG_EPS)
 
 
 class SpecEncoder(nn.Module):
@@ -193,6 +198,38 @@ class MagDecoder(nn.Module):
         y = self.head(self.norm(x.transpose(1, 2)))  # [B, T, C * bins]
         b, t, _ = y.shape
         return y.reshape(b, t, self.channels, -1).permute(0, 2, 3, 1)
+
+
+@dataclass
+class PhaseDecoderConfig(MagDecoderConfig):
+    n_fft: int = 1024
+
+
+class PhaseDecoder(MagDecoder):
+    """latent -> log |STFT| and phase per frame (n_fft 1024, hop 256) -> inverse STFT (Vocos' head)."""
+
+    def __init__(self, cfg: PhaseDecoderConfig, latent_channels: int = 32, latent_hop: int = 1024, channels: int = 2):
+        super().__init__(cfg, latent_channels, latent_hop, channels)
+        self.head = nn.Linear(cfg.frame_dim, 3 * channels * (cfg.n_fft // 2 + 1))
+
+    def spectrum(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(log magnitude, complex STFT) [B, C, bins, 4 T]; phase = atan2(y, x) of two outputs, as Vocos does."""
+        out = super().forward(z)  # [B, C, 3 * bins, T']
+        log_mag, px, py = out.chunk(3, dim=2)
+        log_mag = log_mag.clamp(max=12.0)
+        phase = torch.atan2(py, px)
+        return log_mag, torch.polar(log_mag.exp(), phase)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """latent [B, 32, T] -> audio [B, C, T * latent_hop]."""
+        _, spec = self.spectrum(z)
+        n = spec.shape[-1] * self.cfg.hop
+        return istft(F.pad(spec, (0, 1)), self.cfg.n_fft, self.cfg.hop, n)
+
+
+def anti_wrap(x: Tensor) -> Tensor:
+    """|x| after wrapping to [-pi, pi] (APNet's anti-wrapping function)."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
 
 
 class TimeEmbedding(nn.Module):
