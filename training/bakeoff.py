@@ -212,22 +212,16 @@ CANDIDATES = {"mag": MagCandidate, "specdiff": SpecDiffCandidate, "phase": Phase
 
 # ---- evaluation --------------------------------------------------------------------------------------------------
 
-def holdout_clips(data: Path, half: str, seconds: float = 5.0, per_track: int = 1) -> list[np.ndarray]:
-    """Clips of the held-out recordings: 'dev' = tracks 0, 2, 4... of the sorted held-out list, 'final' = 1, 3, 5..."""
-    from training.data.audio import read_frames
+def holdout_clips(data: Path, half: str, seconds: float = 5.0) -> list[np.ndarray]:
+    """The eval's held-out real clips (2 per track), split by track: 'dev' = tracks 0, 2, 4... of the sorted list
+    (watched during training), 'final' = tracks 1, 3, 5... (the bake-off table only)."""
+    from training.eval.reconstruction import holdout_clips as eval_clips
 
-    tracks = sorted(AudioFolder(data, split="holdout").tracks, key=lambda t: t.rel)
-    tracks = tracks[0::2] if half == "dev" else tracks[1::2]
+    clips = eval_clips(data, seconds=seconds, per_track=2)
+    tracks = sorted({c.name.split("@")[0] for c in clips})
+    chosen = set(tracks[0::2] if half == "dev" else tracks[1::2])
     n = int(seconds * SR) // LATENT_HOP * LATENT_HOP
-    clips = []
-    for t in tracks:
-        frames = int(t.frames * SR / t.samplerate)
-        for k in range(per_track):
-            start = int((k + 1) * (frames - n) / (per_track + 1))
-            a, _ = read_frames(t.path, max(0, start), n)
-            if a.shape[1] == n and np.abs(a).max() > 1e-3:
-                clips.append(a.astype(np.float32))
-    return clips
+    return [c.audio[:, :n] for c in clips if c.name.split("@")[0] in chosen]
 
 
 def ridge_probe(model: Candidate, fit_audio: list[np.ndarray], test_audio: list[np.ndarray],
