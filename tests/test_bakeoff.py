@@ -59,14 +59,26 @@ def test_chroma_target_matches_musicness():
     assert np.allclose(t[inner], ref[inner], atol=0.05)
 
 
-def test_state_round_trip(tmp_path):
-    model, ema = bakeoff.MagCandidate(), bakeoff.MagCandidate()
+def test_if_phase_centre_advance_is_a_bin_centred_tones():
+    """With zero deviation each bin advances as a tone at its centre frequency does in the real STFT."""
+    dec = fd.IFPhaseDecoder(fd.PhaseDecoderConfig())
+    k = 37
+    t = torch.arange(48000, dtype=torch.float64)
+    tone = torch.cos(2 * math.pi * k / 1024 * t)[None, None]
+    phase = fd.stft(tone, 1024, 256)[0, 0, k, 4:-4].angle()
+    assert float(fd.anti_wrap(phase.diff() - dec.centre[k].double()).max()) < 1e-6
+    assert float(fd.anti_wrap(phase.diff() - dec.centre[k + 1].double()).min()) > 0.5  # the neighbour's is not
+
+
+@pytest.mark.parametrize("name", ["mag", "wave"])
+def test_state_round_trip(tmp_path, name):
+    model, ema = bakeoff.CANDIDATES[name](), bakeoff.CANDIDATES[name]()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss, _ = model.loss(torch.randn(1, 2, 8192) * 0.1)
     loss.backward()
     opt.step()
     bakeoff.save_state(tmp_path, model, ema, opt, {"step": 1, "cpu_seconds": 2.0})
-    model2, ema2 = bakeoff.MagCandidate(), bakeoff.MagCandidate()
+    model2, ema2 = bakeoff.CANDIDATES[name](), bakeoff.CANDIDATES[name]()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     doc = bakeoff.load_state(tmp_path, model2, ema2, opt2)
     assert doc["step"] == 1 and json.loads((tmp_path / "state.json").read_text())["cpu_seconds"] == 2.0

@@ -128,6 +128,21 @@ class SpecDiffCandidate(Candidate):
         return fd.istft(spec, cfg.n_fft, cfg.hop, t * LATENT_HOP)
 
 
+RESOLUTIONS = ((1024, 256), (2048, 512))  # the eval's log-mel is read off the second
+
+
+def waveform_losses(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(multi-resolution STFT loss: spectral convergence + log-magnitude L1, log-mel L1) of output y against x."""
+    mr = 0.0
+    for nf, hop in RESOLUTIONS:
+        with torch.no_grad():
+            mx = fd.magnitude(fd.stft(x, nf, hop))
+        my = fd.magnitude(fd.stft(y, nf, hop))
+        mr = mr + torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(mx).clamp_min(1e-6) \
+            + (torch.log(my + fd.LOG_EPS) - torch.log(mx + fd.LOG_EPS)).abs().mean()
+    return mr / len(RESOLUTIONS), (log_mel_of_mag(my) - log_mel_of_mag(mx)).abs().mean()
+
+
 class PhaseCandidate(Candidate):
     """Candidate 3: latent -> log |STFT| + phase (n_fft 1024, hop 256) -> inverse STFT, trained on the magnitude,
     multi-resolution STFT and log-mel of the output waveform, and the magnitude-weighted anti-wrapped errors of the
@@ -137,8 +152,6 @@ class PhaseCandidate(Candidate):
     def __init__(self):
         super().__init__()
         self.decoder = fd.PhaseDecoder(fd.PhaseDecoderConfig())
-
-    resolutions = ((1024, 256), (2048, 512))  # the eval's log-mel is read off the second
 
     def loss(self, audio: Tensor) -> tuple[Tensor, dict[str, float]]:
         cfg = self.decoder.cfg
@@ -153,20 +166,41 @@ class PhaseCandidate(Candidate):
         inst_freq = (w[..., 1:] * fd.anti_wrap(dphi_p.diff(dim=-1) - dphi_t.diff(dim=-1))).mean()
         group_delay = (w[..., 1:, :] * fd.anti_wrap(dphi_p.diff(dim=-2) - dphi_t.diff(dim=-2))).mean()
         y = fd.istft(F.pad(pred_spec, (0, 1)), cfg.n_fft, cfg.hop, n)
-        x = audio[..., :n]
-        mr = 0.0
-        for nf, hop in self.resolutions:
-            with torch.no_grad():
-                mx = fd.magnitude(fd.stft(x, nf, hop))
-            my = fd.magnitude(fd.stft(y, nf, hop))
-            mr = mr + torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(mx).clamp_min(1e-6) \
-                + (torch.log(my + fd.LOG_EPS) - torch.log(mx + fd.LOG_EPS)).abs().mean()
-        mr = mr / len(self.resolutions)
-        mel = (log_mel_of_mag(my) - log_mel_of_mag(mx)).abs().mean()
+        mr, mel = waveform_losses(y, audio[..., :n])
         aux = self.aux_loss(z, audio)
         loss = l1 + mr + mel + 0.5 * (inst_freq + group_delay) + self.aux_weight * aux
         return loss, {"l1": l1.item(), "mr": mr.item(), "mel": mel.item(), "if": inst_freq.item(),
                       "gd": group_delay.item(), "aux": aux.item()}
+
+    @torch.no_grad()
+    def reconstruct(self, audio: Tensor) -> Tensor:
+        return self.decoder(self.encode(audio))
+
+
+class IFPhaseCandidate(Candidate):
+    """Candidate 3b: latent -> log |STFT| + phase advance per frame, integrated (`fd.IFPhaseDecoder`) -> inverse
+    STFT. Losses: log-magnitude L1, the magnitude-weighted anti-wrapped error of the phase advance against the
+    target's (its instantaneous frequency), the multi-resolution STFT and log-mel of the output waveform."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = fd.IFPhaseDecoder(fd.PhaseDecoderConfig())
+
+    def loss(self, audio: Tensor) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.decoder.cfg
+        z = self.encode(audio)
+        n = z.shape[-1] * LATENT_HOP
+        target = fd.stft(audio, cfg.n_fft, cfg.hop)[..., : n // cfg.hop]
+        pred_log, advance, pred_spec = self.decoder.spectrum(z)
+        true_mag = fd.magnitude(target)
+        l1 = (pred_log - torch.log(true_mag + fd.LOG_EPS)).abs().mean()
+        w = (true_mag / true_mag.mean().clamp_min(1e-6))[..., 1:]
+        inst_freq = (w * fd.anti_wrap(advance[..., 1:] - target.angle().diff(dim=-1))).mean()
+        y = fd.istft(F.pad(pred_spec, (0, 1)), cfg.n_fft, cfg.hop, n)
+        mr, mel = waveform_losses(y, audio[..., :n])
+        aux = self.aux_loss(z, audio)
+        loss = l1 + mr + mel + 0.5 * inst_freq + self.aux_weight * aux
+        return loss, {"l1": l1.item(), "mr": mr.item(), "mel": mel.item(), "if": inst_freq.item(), "aux": aux.item()}
 
     @torch.no_grad()
     def reconstruct(self, audio: Tensor) -> Tensor:
@@ -189,9 +223,16 @@ class WaveCandidate(Candidate):
 
         _, models = load_models(DEFAULT_CHECKPOINT, ("dmae",))
         self.dmae = models["dmae"].float()
-        self.encoder = self.dmae.encoder
-        self.encoder.aux = nn.Conv1d(self.dmae.cfg.latent_channels, 12, 5, padding=2)
-        self.decoder = self.dmae.decoder
+        self.dmae.encoder.aux = nn.Conv1d(self.dmae.cfg.latent_channels, 12, 5, padding=2)
+
+    # properties, not submodules: registered twice, their tensors would be shared in the state (safetensors refuses)
+    @property
+    def encoder(self) -> nn.Module:
+        return self.dmae.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.dmae.decoder
 
     def encode(self, audio: Tensor) -> Tensor:
         return self.dmae.encode(audio)
@@ -207,7 +248,8 @@ class WaveCandidate(Candidate):
         return self.dmae.decode(self.encode(audio), steps=self.decode_steps, generator=torch.Generator().manual_seed(seed))
 
 
-CANDIDATES = {"mag": MagCandidate, "specdiff": SpecDiffCandidate, "phase": PhaseCandidate, "wave": WaveCandidate}
+CANDIDATES = {"mag": MagCandidate, "specdiff": SpecDiffCandidate, "phase": PhaseCandidate,
+              "ifphase": IFPhaseCandidate, "wave": WaveCandidate}
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

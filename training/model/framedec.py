@@ -58,8 +58,8 @@ class SpecDiffusionConfig:
     channels: list[int] = field(default_factory=lambda: [192, 256, 384])  # frame rate, /2, /4 (= latent rate)
     blocks: list[int] = field(default_factory=lambda: [1, 2, 4])
     time_dim: int = 256
-    compress: float = 0.5  # |X|^compress * e^(i phase)
-    scale: float = 0.25  # compressed complex STFT * scale ~ unit std on music
+    compress: float = 0.3  # |X|^compress * e^(i phase)
+    scale: float = 2.3  # compressed complex STFT * scale ~ unit std on the corpus' crops
 
 
 def stft(audio: Tensor, n_fft: int, hop: int) -> Tensor:
@@ -223,6 +223,35 @@ class PhaseDecoder(MagDecoder):
     def forward(self, z: Tensor) -> Tensor:
         """latent [B, 32, T] -> audio [B, C, T * latent_hop]."""
         _, spec = self.spectrum(z)
+        n = spec.shape[-1] * self.cfg.hop
+        return istft(F.pad(spec, (0, 1)), self.cfg.n_fft, self.cfg.hop, n)
+
+
+class IFPhaseDecoder(MagDecoder):
+    """latent -> log |STFT| and instantaneous frequency per frame (n_fft 1024, hop 256) -> inverse STFT.
+
+    The phase is not predicted per frame (an atan2 head learns one static comb, RECIPE.md stage 6) but integrated
+    over frames from the predicted phase advance: each bin's centre advance 2 pi k hop / n_fft plus a bounded
+    deviation of up to +-pi per hop, as a phase vocoder does. A stationary partial then keeps a coherent phase."""
+
+    def __init__(self, cfg: PhaseDecoderConfig, latent_channels: int = 32, latent_hop: int = 1024, channels: int = 2):
+        super().__init__(cfg, latent_channels, latent_hop, channels)
+        bins = cfg.n_fft // 2 + 1
+        self.head = nn.Linear(cfg.frame_dim, 2 * channels * bins)
+        self.register_buffer("centre", 2 * math.pi * torch.arange(bins) * cfg.hop / cfg.n_fft, persistent=False)
+
+    def spectrum(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log magnitude, phase advance per frame, complex STFT), each [B, C, bins, 4 T]."""
+        out = super().forward(z)  # [B, C, 2 * bins, T']
+        log_mag, dev = out.chunk(2, dim=2)
+        log_mag = log_mag.clamp(max=12.0)
+        advance = self.centre[:, None] + math.pi * torch.tanh(dev)
+        phase = torch.cumsum(advance, dim=-1)
+        return log_mag, advance, torch.polar(log_mag.exp(), phase)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """latent [B, 32, T] -> audio [B, C, T * latent_hop]."""
+        spec = self.spectrum(z)[2]
         n = spec.shape[-1] * self.cfg.hop
         return istft(F.pad(spec, (0, 1)), self.cfg.n_fft, self.cfg.hop, n)
 
