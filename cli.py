@@ -92,6 +92,16 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def refuse_overlap(out: Path, flag: str = "--out", **inputs: Optional[Path]) -> None:
+    """exit 2 when `out` is, contains or lies inside an input (writing or replacing it would destroy the input)."""
+    from mousai_runtime.files import UnsafePathError, check_apart
+
+    try:
+        check_apart(out, {k.replace("_", " "): v for k, v in inputs.items()}, flag)
+    except UnsafePathError as e:
+        raise fail(str(e))
+
+
 def _default_bundle() -> Path:
     """engines/default beside cli.py (a checkout / editable install), else the copy `pip install .` puts in
     <prefix>/share/mousai/engines/default."""
@@ -422,8 +432,7 @@ def checkpoint_train_encoder(
         raise fail(f"needs the training extras: pip install 'mousai[train]' ({e})")
     if not (data / "metadata.jsonl").is_file():
         raise fail(f"not a corpus folder (no metadata.jsonl): {data}")
-    if out.resolve() == checkpoint.resolve():
-        raise fail("--out must be a new folder, not the checkpoint itself")
+    refuse_overlap(out, checkpoint=checkpoint, corpus_folder=data)
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -458,6 +467,7 @@ def eval_classifier(
         raise fail(f"the classifier needs the training extras: pip install 'mousai[train]' ({e})")
     if not (data / "metadata.jsonl").is_file():
         raise fail(f"not a corpus folder (no metadata.jsonl): {data}")
+    refuse_overlap(out, corpus_folder=data, feature_cache=cache)
     try:
         r = build_classifier(data, out, steps=steps, threads=threads, cache=cache,
                              log=lambda m: typer.echo(m, err=True))
@@ -489,6 +499,7 @@ def eval_report(
                        (classifier / "labels.json", "classifier labels")):
         if not path.is_file():
             raise fail(f"missing {what}: {path}")
+    refuse_overlap(out, corpus_folder=data, bundle=model, classifier=classifier)
     kw = {k: v for k, v in (("steps", steps), ("decoder_steps", decoder_steps), ("guidance", guidance))
           if v is not None}
     try:

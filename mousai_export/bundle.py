@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mousai_runtime.files import atomic_dir, sha256_and_size, sha256_file
+from mousai_runtime.files import UnsafePathError, atomic_dir, check_apart, existing_target, sha256_and_size, sha256_file
 
 from . import ExportError
 
@@ -242,10 +242,10 @@ def _check_arguments(checkpoint: str, out: str, engine: str, opset: int, force: 
     if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write the bundle folder {o}: {anc} is not a writable folder")
     try:
-        if o.resolve() == ck.resolve() or ck.resolve() in o.resolve().parents:
-            raise ExportError(f"refusing to write the bundle into the checkpoint folder {ck}")
-    except OSError:
-        pass
+        check_apart(o, {"checkpoint": ck})
+        existing_target(o, folder_ok=True)
+    except UnsafePathError as e:
+        raise ExportError(str(e)) from None
     return ck, o
 
 

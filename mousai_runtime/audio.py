@@ -41,14 +41,30 @@ def resolve_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     return suffix
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_writable_target(path: str | os.PathLike) -> Path:
     """The folder must exist and be writable (checked by creating and removing a temp file there)."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
+    if str(path) == "-":
+        raise AudioError("-o - would write a file named '-' (audio is not written to stdout): name a file")
     if not folder.is_dir():
         raise AudioError(f"output folder does not exist: {folder}")
+    if len(os.fsencode(p.name)) > _name_max(folder):
+        raise AudioError(f"output file name is {len(os.fsencode(p.name))} bytes long; this file system allows "
+                         f"{_name_max(folder)}")
     if p.is_dir():
         raise AudioError(f"output path is a folder: {p}")
+    try:
+        files.existing_target(p)
+    except files.UnsafePathError as e:
+        raise AudioError(str(e)) from None
     try:
         fd = files.open_unnamed(folder)
         if fd is not None:
@@ -77,6 +93,13 @@ def write_failure_reason(e: BaseException, folder: Path, size: int | None = None
     if resource is not None and soft != resource.RLIM_INFINITY and (size is None or size >= soft - (1 << 16)):
         return f"{os.strerror(errno.EFBIG)} (the file size limit is {soft:,} bytes)"
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    try:
+        return atomic_write(path, write)
+    except files.UnsafePathError as e:  # the target became a FIFO / device / link while we rendered
+        raise AudioError(str(e)) from None
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str | None = None,
@@ -118,7 +141,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fm
                 size = None
             raise AudioError(f"cannot write {path}: {write_failure_reason(e, folder, size)}") from None
 
-    atomic_write(path, write)
+    _atomic_write(path, write)
     return {"path": str(path), "format": f, "subtype": subtype, "seconds": n / sample_rate, "clipped": clipped}
 
 
@@ -272,4 +295,4 @@ def write_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: i
         ax.set_title(title[:100])
     fig.colorbar(im, ax=ax, label="dB")
     fig.tight_layout()
-    return atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
+    return _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))

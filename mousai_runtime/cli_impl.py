@@ -37,6 +37,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
         write_spectrogram
     from .bundle import BundleError
     from .backends import BackendError
+    from .files import UnsafePathError, check_apart
     from .pipeline import MAX_GUIDANCE, MAX_STEPS, Cancelled, InputError, Pipeline, check_prompt
     from .sampling import SAMPLERS, NonFiniteError
 
@@ -59,13 +60,15 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
             raise InputError(f"--loudness must be between -70 and 0 LUFS, got {loudness}")
         fmt = resolve_format(out, format)
         check_writable_target(out)
+        check_apart(out, {"bundle folder": model}, "-o")
         if spectrogram:
             if Path(spectrogram).suffix.lower() != ".png":
                 raise AudioError(f"--spectrogram must name a .png file, got {spectrogram!r}")
             check_writable_target(spectrogram)
+            check_apart(spectrogram, {"bundle folder": model, "audio output": out}, "--spectrogram")
         if str(engine).lower() not in ("onnx", "trt", "tensorrt", "torch"):
             raise InputError(f"unknown --engine {engine!r}: use onnx, trt or torch")
-    except (InputError, AudioError) as e:
+    except (InputError, AudioError, UnsafePathError) as e:
         return _err(str(e))
 
     t_load = time.perf_counter()

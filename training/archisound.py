@@ -9,10 +9,13 @@ Pickled `.bin` files are read only with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import torch
+
+from mousai_runtime.files import UnsafePathError, check_apart, existing_target
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .model.configs import DMAEConfig, EncoderConfig, ModelConfig, UNetConfig, tiny
@@ -34,9 +37,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         cfg = path / "config.json"
         if cfg.is_file():
             try:
-                config = json.loads(cfg.read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                config = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
                 raise ImportError_(f"unreadable config.json in {path}: {e}") from e
+            if not isinstance(config, dict):
+                raise ImportError_(f"config.json in {path} must hold a JSON object, not a {type(config).__name__}")
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.ckpt"))
         if not files:
             raise ImportError_(f"no weights (*.safetensors, *.bin, *.pt, *.ckpt) in {path}")
@@ -57,7 +62,11 @@ def _read_file(f: Path) -> dict[str, torch.Tensor]:
             return load_file(str(f))
         obj = torch.load(str(f), map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except Exception as e:  # noqa: BLE001 - any parse failure is a user error here
-        raise ImportError_(f"cannot read {f.name}: {str(e).splitlines()[0][:200]}") from e
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            # torch's message advises loading with weights_only=False, i.e. running the file's code: never
+            raise ImportError_(f"cannot read {f.name}: it holds Python objects other than tensors, which a safe "
+                               "load refuses (mousai never runs code from a checkpoint)") from None
+        raise ImportError_(f"cannot read {f.name}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from e
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -87,8 +96,20 @@ def normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def infer_config(sd: dict[str, torch.Tensor], hints: dict | None = None) -> DMAEConfig:
-    """Read the DMAE architecture off the reference-layout weights."""
-    hints = hints or {}
+    """Read the DMAE architecture off the reference-layout weights (ImportError_ for any checkpoint it cannot read:
+    a missing key, a weight of too few dimensions, a hint of the wrong type)."""
+    try:
+        return _infer_config(sd, hints or {})
+    except ImportError_:
+        raise
+    except KeyError as e:
+        raise ImportError_(f"missing reference key {e}") from None
+    except (IndexError, TypeError, ValueError, AttributeError) as e:
+        raise ImportError_(f"unexpected weight layout ({type(e).__name__}: {' '.join(str(e).split())[:200]}): not "
+                           "an archisound DMAE this importer knows") from None
+
+
+def _infer_config(sd: dict[str, torch.Tensor], hints: dict) -> DMAEConfig:
     try:
         patch = sd["net.blocks.0.weight"]  # Conv1d [2 * filters, in, window]
         mf = sd["net.blocks.2.blocks.0.to_out.weight"].shape[0]
@@ -195,12 +216,22 @@ def convert(sd: dict[str, torch.Tensor], config: DMAEConfig) -> dict[str, torch.
 def import_archisound(path: str | Path, out: str | Path, force: bool = False) -> ModelConfig:
     """Write a mousai checkpoint (config.json + dmae.safetensors) computing the same function as `path`."""
     out = Path(out)
-    if out.exists() and not force:
+    try:
+        check_apart(out, {"source checkpoint": path})
+        existing_target(out, folder_ok=True)
+    except UnsafePathError as e:
+        raise ImportError_(str(e)) from None
+    if os.path.lexists(out) and not force:
         raise ImportError_(f"{out} exists (use --force to replace it)")
     raw, hints = read_state_dict(path)
     sd = normalise_keys(raw)
     dmae_cfg = infer_config(sd, hints)
-    weights = convert(sd, dmae_cfg)
+    try:
+        weights = convert(sd, dmae_cfg)
+    except (RuntimeError, ValueError, TypeError) as e:
+        if isinstance(e, ImportError_):
+            raise
+        raise ImportError_(f"the weights do not fit the inferred architecture: {' '.join(str(e).split())[:200]}") from None
     cfg = tiny()
     cfg.name = "archisound"
     cfg.dmae = dmae_cfg

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mousai_runtime.files import atomic_dir, current_umask, recover_dir
+from mousai_runtime.files import UnsafePathError, atomic_dir, check_apart, current_umask, recover_dir
 
 from .model.configs import ModelConfig
 
@@ -145,6 +145,10 @@ def combine(generator_ckpt: str | Path, dmae_ckpt: str | Path, out: str | Path, 
     The generator was trained on the latents of the DMAE inside its own checkpoint; a later DMAE (a decoder trained
     on with `--freeze-encoder`) may replace it only if its encoder, and so every latent, is the same: the encoder
     weights must be equal (at the lower of the two precisions) and the DMAE configs identical."""
+    try:
+        check_apart(out, {"generator checkpoint": generator_ckpt, "DMAE checkpoint": dmae_ckpt})
+    except UnsafePathError as e:
+        raise CheckpointError(str(e)) from None
     gcfg, gmeta = read_config(generator_ckpt)
     dcfg, dmeta = read_config(dmae_ckpt)
     if isinstance(dmeta.get("dmae"), dict):  # a combined checkpoint: its own meta is its generator's

@@ -63,7 +63,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from mousai_runtime.files import atomic_dir, atomic_write_text, sha256_file
+from mousai_runtime.files import UnsafePathError, atomic_dir, check_apart, atomic_write_text, inside, sha256_file
 
 from .checkpoint import CheckpointError, load_into, weights_sha256, load_weights, read_config, save_checkpoint
 from .model.configs import ModelConfig, load_config
@@ -263,7 +263,7 @@ def build_latent_cache(folder: Any, dmae: DMAE, dmae_sha: str, crop_length: int,
             sha = sha256_file(t.path)
             files[t.rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
         key = _latent_key(sha, crop_length, dmae_sha)
-        if key in entries and (cache_dir / entries[key]["shard"]).is_file():
+        if key in entries and _shard(cache_dir, entries[key]).is_file():
             reused += 1
             continue
         audio = torch.from_numpy(load_audio(t.path, folder.sr))
@@ -283,6 +283,14 @@ def build_latent_cache(folder: Any, dmae: DMAE, dmae_sha: str, crop_length: int,
     log(f"latent cache: {encoded} file(s) encoded, {reused} reused ({cache_dir})")
 
 
+def _shard(cache_dir: Path, entry: Any) -> Path:
+    """The shard file an index entry names, confined to the cache folder (index.json is a file we read)."""
+    try:
+        return inside(cache_dir, entry.get("shard") if isinstance(entry, dict) else None, "latent cache shard")
+    except UnsafePathError as e:
+        raise TrainingError(f"{cache_dir / 'index.json'}: {e}: delete the cache folder to rebuild it") from None
+
+
 def _latent_key(file_sha: str, crop_length: int, dmae_sha: str) -> str:
     return hashlib.sha256(f"{file_sha}:{crop_length}:{dmae_sha}".encode()).hexdigest()
 
@@ -293,7 +301,7 @@ def load_latent_cache(folder: Any, dmae_sha: str, crop_length: int, cache_dir: P
     out = []
     for t in folder.tracks:
         key = _latent_key(index["files"][t.rel]["sha256"], crop_length, dmae_sha)
-        out.append(load_file(str(cache_dir / index["entries"][key]["shard"]))["latent"])
+        out.append(load_file(str(_shard(cache_dir, index["entries"][key])))["latent"])
     return out
 
 
@@ -555,6 +563,9 @@ def train(
     previous_term = _stop_on_sigterm()
     try:
         out = Path(out).expanduser().resolve()
+        check_apart(out, {"corpus folder": data, "DMAE checkpoint": dmae, "--init-from checkpoint": init_from})
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file: a run folder is a folder (use a new name)")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             lock = _lock(out)  # held until we return (the OS drops it if the process dies)

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from mousai_runtime.files import inside
+
 from .audio import AUDIO_EXTENSIONS, AudioError, info, load_audio, read_frames
 
 PathLike = Union[str, os.PathLike]
@@ -187,6 +189,7 @@ class AudioFolder(Dataset):
                     try:
                         obj = json.loads(line)
                         rel = os.path.normpath(str(obj["path"]))
+                        inside(self.root, rel, "metadata path")  # a '../' or absolute path reads outside
                     except (ValueError, KeyError, TypeError):
                         bad_lines += 1
                         continue

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mousai_runtime.files import atomic_write_text, sha256_file
+from mousai_runtime.files import UnsafePathError, atomic_write_text, inside, sha256_file
 
 from ..audio import AudioError, save_flac
 from . import midi as midi_mod
@@ -76,6 +76,49 @@ class Job:
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
+
+
+class CorpusError(ValueError):
+    """A corpus folder that cannot be built into: not a folder, or a manifest that is not ours (one line)."""
+
+
+def read_manifest(out_dir: Path) -> dict:
+    """The previous build's manifest.json, checked: its `files` keys are paths this build may replace or delete,
+    so each must be an `audio/...` path inside out_dir (an absolute or '../' key would delete anything)."""
+    man_path = out_dir / "manifest.json"
+    if not man_path.is_file():
+        return {}
+    try:
+        old = json.loads(man_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CorpusError(f"unreadable {man_path} ({' '.join(str(e).split())}): move it away to rebuild") from None
+    files = old.get("files", {}) if isinstance(old, dict) else None
+    if not isinstance(files, dict):
+        raise CorpusError(f"{man_path} is not a corpus manifest (no 'files' object): move it away to rebuild")
+    for rel, rec in files.items():
+        try:
+            inside(out_dir, rel, f"{man_path.name} files")
+        except UnsafePathError as e:
+            raise CorpusError(str(e)) from None
+        if not rel.startswith("audio/") or not isinstance(rec, dict) or not isinstance(rec.get("source"), str):
+            raise CorpusError(f"{man_path}: entry {rel!r} is not an audio file record of this builder: move the "
+                              "manifest away to rebuild")
+    return old
+
+
+def _read_metadata(meta_path: Path) -> dict:
+    """path -> metadata of the previous build (lines that are not objects with a string path are dropped: the
+    metadata is rewritten from the build's own records)."""
+    out: dict = {}
+    if meta_path.is_file():
+        for line in meta_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(o, dict) and isinstance(o.get("path"), str):
+                out[o["path"]] = o
+    return out
 
 
 def _parse_sources(sources) -> list[str]:
@@ -159,15 +202,9 @@ def build_corpus(out_dir, sources: Optional[list[str]] = None, progress: bool = 
     out_dir.mkdir(parents=True, exist_ok=True)
     man_path = out_dir / "manifest.json"
     meta_path = out_dir / "metadata.jsonl"
-    old = json.loads(man_path.read_text()) if man_path.is_file() else {}
+    old = read_manifest(out_dir)
     files: dict = dict(old.get("files", {}))
-    old_meta: dict = {}
-    if meta_path.is_file():
-        for line in meta_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                o = json.loads(line)
-                old_meta[o["path"]] = o
-    all_meta = {k: v for k, v in old_meta.items() if k in files}
+    all_meta = {k: v for k, v in _read_metadata(meta_path).items() if k in files}
 
     # 1) enumerate jobs, source by source
     jobs: list[Job] = []
@@ -335,6 +372,17 @@ def main(out_dir: str, sources: Optional[str] = None, midi_minutes: float = DEFA
     if out == repo or repo in out.parents:
         print(f"error: {out} is inside the repository; put the corpus outside it (e.g. ../data/corpus)",
               file=sys.stderr)
+        return 2
+    try:
+        if os.path.lexists(out) and not out.is_dir():
+            raise CorpusError(f"{out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        read_manifest(out)
+    except OSError as e:
+        print(f"error: cannot create the corpus folder {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     man = build_corpus(out, names, progress=progress, midi_minutes=midi_minutes, debs_dir=debs_dir)
     print(json.dumps({"total_hours": man["total_hours"], "hours_per_genre": man["hours_per_genre"],
