@@ -364,7 +364,8 @@ def test_freeze_encoder_trains_the_decoder_only(corpus, cfg_file, tmp_path):
 
 def test_freeze_encoder_is_for_the_autoencoder(corpus, cfg_file, tmp_path):
     with pytest.raises(ValueError, match="autoencoder stage only"):
-        T.train("generator", corpus, cfg_file, tmp_path / "g", steps=1, freeze_encoder=True, dmae=tmp_path, **FAST)
+        T.train("generator", corpus, cfg_file, tmp_path / "g", steps=1, freeze_encoder=True, dmae=tmp_path / "dmae",
+                **FAST)
 
 
 def test_short_captions_is_a_generator_run_setting(corpus, cfg_file, tmp_path):
