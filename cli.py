@@ -335,6 +335,8 @@ def generate(
     postfilter: bool = typer.Option(True, "--postfilter/--no-postfilter", help="Put the decoded audio back on the "
                                     "band envelope its latent encodes (bundles with a postfilter, e.g. the "
                                     "default); --no-postfilter hears the DMAE decoder alone."),
+    allow_clipping: bool = typer.Option(False, "--allow-clipping", help="Write a clip that peaks above +12 dBFS "
+                                        "(a broken bundle) instead of refusing it (flac clips it to +-1)."),
 ) -> None:
     """Generate music from a text prompt with a bundle (numpy + ONNX Runtime; no torch needed)."""
     from mousai_runtime.cli_impl import generate_command
@@ -343,7 +345,7 @@ def generate(
                                       seed=seed, model=str(model), engine=engine, format=format, loudness=loudness,
                                       spectrogram=str(spectrogram) if spectrogram else None,
                                       fp16_fallback=fp16_fallback, decoder_steps=decoder_steps, sampler=sampler,
-                                      postfilter=postfilter))
+                                      postfilter=postfilter, allow_clipping=allow_clipping))
 
 
 @app.command()

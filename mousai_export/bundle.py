@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 from mousai_runtime.files import UnsafePathError, atomic_dir, check_apart, existing_target, sha256_and_size, sha256_file
 
+from mousai_runtime.bundle import SEAL, manifest_seal
+
 from . import ExportError
 
 FORMAT, VERSION = "mousai-bundle", 1
@@ -568,14 +570,16 @@ def _write_bundle(tmp: Path, final: Path, ck: Path, config: Any, meta: dict, mod
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         rel = path.relative_to(tmp).as_posix()
-        if rel == "manifest.json":
+        if rel in ("manifest.json", SEAL):
             continue
         digest, size = sha256_and_size(path)
         files[rel] = {"sha256": digest, "bytes": size}
     manifest["files"] = files
     if check:
         manifest["parity"] = parity
-    (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=1) + "\n")
+    text = (json.dumps(_jsonable(manifest), indent=1) + "\n").encode("utf-8")
+    (tmp / "manifest.json").write_bytes(text)
+    (tmp / SEAL).write_text(manifest_seal(text))  # the manifest is hashed too (mousai_runtime.bundle)
     return manifest
 
 

@@ -95,6 +95,26 @@ def write_failure_reason(e: BaseException, folder: Path, size: int | None = None
     return " ".join(str(e).split()) or type(e).__name__
 
 
+SILENCE_PEAK = 1e-6  # -120 dBFS: no working model renders a whole clip this quiet
+MAX_PEAK = 4.0  # +12 dBFS: beyond this a clip is broken (a bad manifest or graph), not loud
+
+
+def check_level(audio: np.ndarray, allow_clipping: bool = False) -> float:
+    """The clip's peak; AudioError for NaN/inf, for silence, and (unless allow_clipping) for a peak above
+    MAX_PEAK. Run before writing: a broken bundle must not leave an all-zero or 1e16 file that looks fine."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if not math.isfinite(peak):
+        raise AudioError("the audio contains NaN or infinity: nothing written")
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"the audio is silent (peak {peak:.1e}): nothing written (a broken bundle? check it with "
+                         "`mousai info`)")
+    if peak > MAX_PEAK and not allow_clipping:
+        raise AudioError(f"the audio peaks at {peak:.3g} ({20 * math.log10(peak):+.1f} dBFS, over the "
+                         f"{20 * math.log10(MAX_PEAK):+.0f} dBFS a working model stays under): nothing written; "
+                         "--loudness normalises it, --allow-clipping writes it anyway")
+    return peak
+
+
 def _atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         return atomic_write(path, write)

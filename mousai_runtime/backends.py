@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, check_relative_path
+from .limits import check_graph_io
 from .onnx_check import external_data_locations
 
 
@@ -231,6 +232,11 @@ class OrtBackend(Backend):
         outs = {o.name for o in sess.get_outputs()}
         if spec.outputs[0].name not in outs:
             raise BundleError(f"{file} has outputs {sorted(outs)}, the manifest says {spec.outputs[0].name!r}")
+        try:  # the fp32 fallback graph of an fp16 bundle has the same shapes, its own dtypes
+            check_graph_io(file, spec.inputs, sess.get_inputs(), "input", dtypes=not fp32)
+            check_graph_io(file, spec.outputs, sess.get_outputs(), "output", dtypes=not fp32)
+        except ValueError as e:
+            raise BundleError(f"{self.bundle.path}: {e}: the manifest disagrees with its graph") from None
         return sess
 
     def prepare(self, components: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .files import sha256_file
+from .limits import check_agreement, check_ranges
 
 FORMAT = "mousai-bundle"
 VERSION = 1
@@ -100,6 +101,35 @@ def _no_constants(name: str) -> Any:
 def parse_manifest_json(text: str) -> Any:
     """json.loads, strictly: duplicate keys and NaN / Infinity literals are refused (BundleError)."""
     return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
+SEAL = "manifest.sha256"  # `sha256sum manifest.json` output: the manifest is covered by a hash like every file
+
+
+def manifest_seal(manifest_bytes: bytes) -> str:
+    """The text of manifest.sha256 for these manifest bytes (`sha256sum -c manifest.sha256` checks it)."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  manifest.json\n"
+
+
+def check_manifest_seal(path: Path, manifest_bytes: bytes) -> None:
+    """BundleError unless PATH/manifest.sha256 holds the sha256 of these exact manifest bytes: an edited manifest
+    (a changed audio_scale, gain range or sample rate) is refused like an edited graph."""
+    seal = path / SEAL
+    try:
+        text = seal.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no {SEAL} (the manifest's own hash): re-export the bundle; a bundle made before "
+                          f"the manifest was hashed can be sealed with `sha256sum manifest.json > {SEAL}` in its "
+                          "folder once you have checked it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: unreadable {SEAL}: {e}") from None
+    parts = text.split()
+    if len(parts) != 2 or not _HEX64.match(parts[0]) or parts[1].lstrip("*") != "manifest.json":
+        raise BundleError(f"{path}: {SEAL} must be one line '<sha256> manifest.json' (as sha256sum writes it)")
+    got = hashlib.sha256(manifest_bytes).hexdigest()
+    if got != parts[0]:
+        raise BundleError(f"{path}: manifest.json was changed after export (sha256 {got[:12]}..., {SEAL} says "
+                          f"{parts[0][:12]}...): re-export the bundle")
 
 
 # ------------------------------------------------------------------------------------------------- field checks
@@ -218,8 +248,13 @@ class Bundle:
         if not mf.is_file():
             raise BundleError(f"not a bundle (no manifest.json): {path}")
         try:
-            m = parse_manifest_json(mf.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raw = mf.read_bytes()
+        except OSError as e:
+            raise BundleError(f"unreadable manifest {mf}: {e}") from None
+        check_manifest_seal(path, raw)
+        try:
+            m = parse_manifest_json(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise BundleError(f"unreadable manifest {mf}: {e}")
         except BundleError as e:
             raise BundleError(f"unreadable manifest {mf}: {e}")
@@ -243,6 +278,11 @@ class Bundle:
         if extra:
             raise BundleError(f"{mf}: an {kind} bundle has no {extra} section(s) (no text encoder / generator)")
         models = cls._check_fields(m)
+        try:
+            check_ranges(m)
+            check_agreement(m)
+        except ValueError as e:
+            raise BundleError(f"{mf}: {e}") from None
         b = cls(path, m, models)
         b._check_files(verify)
         return b

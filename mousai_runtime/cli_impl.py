@@ -32,9 +32,9 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
                      engine: str = "onnx", format: Optional[str] = None, loudness: Optional[float] = None,
                      spectrogram: Optional[str] = None, fp16_fallback: bool = False,
                      decoder_steps: Optional[int] = None, sampler: Optional[str] = None,
-                     postfilter: bool = True) -> int:
-    from .audio import AudioError, check_writable_target, normalize_loudness, resolve_format, write_audio, \
-        write_spectrogram
+                     postfilter: bool = True, allow_clipping: bool = False) -> int:
+    from .audio import AudioError, check_level, check_writable_target, normalize_loudness, resolve_format, \
+        write_audio, write_spectrogram
     from .bundle import BundleError
     from .backends import BackendError
     from .files import UnsafePathError, check_apart
@@ -117,11 +117,13 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     sr = pipe.sample_rate
     try:
         note = ""
+        check_level(audio, allow_clipping=True)  # NaN/inf, silence (the loudness meter cannot scale those)
         if loudness is not None:
             audio, res = normalize_loudness(audio, sr, loudness)
             note = f"; loudness {res.input_lufs:.1f} -> {res.output_lufs:.1f} LUFS, true peak {res.true_peak_db:.1f} dBTP"
             if res.limited_db > 0.05:
                 note += f" (limited {res.limited_db:.1f} dB)"
+        check_level(audio, allow_clipping)
         info = write_audio(out, audio, sr, fmt)
         if spectrogram:
             write_spectrogram(spectrogram, audio, sr, title=prompt)

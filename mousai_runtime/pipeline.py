@@ -38,8 +38,7 @@ from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedMod
 AUTOENCODER_ONLY = "this bundle is an autoencoder only (no text encoder / generator): use encode/decode"
 
 MAX_PROMPT_CHARS = 4000  # the text encoder reads max_length (64) tokens; longer prompts are truncated with a warning
-MAX_GUIDANCE = 100.0
-MAX_STEPS = 10000
+from .limits import MAX_GUIDANCE, MAX_STEPS  # noqa: E402 (one copy of the limits; re-exported)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 / C1 controls but tab, newline, CR
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # what undecodable bytes become in sys.argv (surrogateescape)
 

@@ -82,7 +82,7 @@ def test_manifest_is_an_autoencoder_bundle(bundle, checkpoint):
     assert "text" not in m and "generator_info" not in m
     assert set(m["models"]) == {"encoder", "decoder"}
     assert set(m["files"]) == {"encoder.onnx", "decoder.onnx"}
-    assert {p.name for p in out.iterdir()} == {"encoder.onnx", "decoder.onnx", "manifest.json"}
+    assert {p.name for p in out.iterdir()} == {"encoder.onnx", "decoder.onnx", "manifest.json", "manifest.sha256"}
     assert m["source"]["model_name"] == "archisound" and "text_encoder" not in m["source"]
     assert "generator_weights_sha256" not in m["source"] and "dmae_weights_sha256" in m["source"]
     assert m["audio"] == {"sample_rate": 48000, "channels": 2, "audio_scale": 1.0}

@@ -83,7 +83,7 @@ def test_bundle_files_and_manifest_match_contract(bundle, checkpoint):
     assert on_disk == json.loads(json.dumps(m))
     names = {"text_encoder.onnx", "tokenizer.json", "generator.onnx", "encoder.onnx", "decoder.onnx"}
     assert set(m["files"]) == names
-    assert {p.name for p in out.iterdir()} == names | {"manifest.json"}
+    assert {p.name for p in out.iterdir()} == names | {"manifest.json", "manifest.sha256"}
     assert (m["format"], m["version"], m["precision"], m["name"]) == ("mousai-bundle", 1, "fp32", "fp32")
     assert m["kind"] == "text-to-music"
     assert m["versions"]["opset"] == 18 and m["versions"]["torch"] == torch.__version__.split("+")[0]

@@ -35,7 +35,7 @@ def _source_key() -> str:
 
     import torch
 
-    h = hashlib.sha256(torch.__version__.encode())
+    h = hashlib.sha256(torch.__version__.encode() + b"manifest.sha256")  # bundles carry their manifest's seal
     for f in sorted([*ROOT.glob("training/model/*.py"), ROOT / "training/checkpoint.py"]):
         h.update(f.name.encode() + f.read_bytes())
     h.update(inspect.getsource(tiny_test_config).encode())
@@ -440,9 +440,16 @@ def _copy_bundle(tiny, tmp_path) -> Path:
     return dst
 
 
-def _rewrite(path: Path, data: bytes) -> None:
+def _rewrite(path: Path, data: bytes, reseal: bool = True) -> None:
+    """Replace a file of a copied bundle; a rewritten manifest.json is resealed (manifest.sha256) unless
+    reseal=False, so that what a test checks is the field it edited, not the seal."""
+    from mousai_runtime.bundle import SEAL, manifest_seal
+
     path.unlink()  # break the hard link first: never touch the cached original
     path.write_bytes(data)
+    if path.name == "manifest.json" and reseal:
+        (path.parent / SEAL).unlink(missing_ok=True)
+        (path.parent / SEAL).write_text(manifest_seal(data))
 
 
 def _edit_manifest(path: Path, fn) -> None:
