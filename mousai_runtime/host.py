@@ -12,22 +12,56 @@ what is there into a preallocated output buffer and publishes its read index. Ea
 only; under the GIL an int store is atomic, and the producer publishes only after its copy. A read that the ring
 cannot fill while the render is still running is an underrun: the rest of the block is silence and the count grows.
 `block` is a view of the output buffer: copy it before the next read() if you keep it.
+
+Every argument is checked (InputError, a ValueError, with one line): a negative or oversized read, a wait for more
+frames than the ring holds (it could never return), a timeout that is not a finite number >= 0, and an unknown or
+misspelt keyword to start() are refused, never ignored.
 """
 from __future__ import annotations
 
+import difflib
+import math
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from .pipeline import Cancelled, CancelToken, Pipeline
+from .pipeline import Cancelled, CancelToken, InputError, Pipeline
 
 IDLE, RUNNING, DONE, CANCELLED, FAILED = "idle", "running", "done", "cancelled", "failed"
+START_KEYWORDS = ("steps", "guidance", "seed", "decoder_steps", "sampler", "decoder_sampler")
+MAX_RING_SECONDS = 3600.0  # 1.4 GB of float32 stereo at 48 kHz
+MAX_BLOCK = 1 << 20
+
+
+def _frames(v: Any, what: str, top: int, top_name: str = "") -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InputError(f"{what} must be an integer number of frames, got {v!r}")
+    if not 0 <= v <= top:
+        raise InputError(f"{what} must be between 0 and {top_name}{top} frames, got {v}")
+    return int(v)
+
+
+def _timeout(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+            or v < 0:
+        raise InputError(f"timeout must be None or a finite number of seconds >= 0, got {v!r}")
+    return float(v)
 
 
 class HostRenderer:
     def __init__(self, pipeline: Pipeline, ring_seconds: float = 30.0, max_block: int = 8192):
+        if not all(hasattr(pipeline, a) for a in ("sample_rate", "bundle", "stream", "check_inputs", "frames_for")):
+            raise InputError(f"HostRenderer needs a mousai_runtime.Pipeline, got {type(pipeline).__name__}")
+        if isinstance(ring_seconds, bool) or not isinstance(ring_seconds, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(ring_seconds) or not 0 < ring_seconds <= MAX_RING_SECONDS:
+            raise InputError(f"ring_seconds must be a number > 0 and <= {MAX_RING_SECONDS:g}, got {ring_seconds!r}")
+        max_block = _frames(max_block, "max_block", MAX_BLOCK)
+        if max_block < 1:
+            raise InputError("max_block must be at least 1 frame")
         self.pipeline = pipeline
         self.sample_rate = pipeline.sample_rate
         self.channels = pipeline.bundle.channels
@@ -58,8 +92,16 @@ class HostRenderer:
             if self._thread is not None and self._thread.is_alive():
                 raise RuntimeError("a render is already running: cancel() or wait() first")
             p = self.pipeline
+            unknown = sorted(set(kwargs) - set(START_KEYWORDS))
+            if unknown:
+                near = {k: difflib.get_close_matches(k, START_KEYWORDS, 1, 0.7) for k in unknown}
+                hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m)
+                raise InputError(f"start() got unknown keyword(s) {unknown}" + (f" ({hint})" if hint else "") +
+                                 f"; it takes {', '.join(START_KEYWORDS)}")
             steps, guidance, seed = kwargs.get("steps"), kwargs.get("guidance"), kwargs.get("seed", 0)
             p.check_inputs(prompt, seconds, steps, guidance, seed, kwargs.get("decoder_steps"))
+            if hasattr(p, "samplers"):
+                p.samplers(kwargs.get("sampler"), kwargs.get("decoder_sampler"))
             _, self._total = p.frames_for(float(seconds))
             self._cancel = CancelToken()
             self._error = None
@@ -73,18 +115,26 @@ class HostRenderer:
 
     def cancel(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         """Stop the render within one denoising step; buffered audio is dropped."""
+        timeout = _timeout(timeout)
         self._cancel.cancel()
         if wait:
             self.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> str:
+        timeout = _timeout(timeout)
         t = self._thread
         if t is not None:
             t.join(timeout)
         return self._state
 
     def wait_ready(self, frames: int, timeout: float | None = None, poll: float = 0.005) -> bool:
-        """Block (not on the audio thread!) until `frames` are buffered or the render ended."""
+        """Block (not on the audio thread!) until `frames` are buffered or the render ended. `frames` may be at
+        most the ring's capacity: more could never be buffered, so that wait is refused instead of never
+        returning."""
+        frames = _frames(frames, "wait_ready frames", self.capacity, "the ring's capacity = ")
+        timeout = _timeout(timeout)
+        if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0 < poll <= 1:
+            raise InputError(f"poll must be a number of seconds in (0, 1], got {poll!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.buffered_frames < frames and not self._finished:
             if deadline is not None and time.monotonic() > deadline:
@@ -120,8 +170,7 @@ class HostRenderer:
     def _work(self, prompt: str, seconds: float, kwargs: dict, cancel: CancelToken) -> None:
         state = DONE
         try:
-            kw = {k: v for k, v in kwargs.items() if k in ("steps", "guidance", "seed", "decoder_steps")}
-            for block in self.pipeline.stream(prompt, seconds, progress=self._set_progress, cancel=cancel, **kw):
+            for block in self.pipeline.stream(prompt, seconds, progress=self._set_progress, cancel=cancel, **kwargs):
                 self._push(block, cancel)
         except Cancelled:
             state = CANCELLED
@@ -158,8 +207,8 @@ class HostRenderer:
     # ------------------------------------------------------------------------------------------ audio thread
     def read(self, frames: int) -> tuple[np.ndarray, int]:
         """(block [channels, frames] float32 view of the output buffer, underruns so far). Never blocks."""
-        if frames > self.max_block:
-            raise ValueError(f"read({frames}) is larger than max_block {self.max_block}")
+        if type(frames) is not int or not 0 <= frames <= self.max_block:  # the cheap test first: audio thread
+            frames = _frames(frames, "read frames", self.max_block, "max_block = ")
         out = self._out
         finished = self._finished  # read before _w: if finished, the _w read after it is final
         w = self._w
