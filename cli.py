@@ -22,18 +22,74 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usag
 
 
 def _one_line(s: Any) -> str:
-    return " ".join(str(s).split())
+    from mousai_runtime.cli_impl import printable
+
+    return printable(" ".join(str(s).split()))
+
+
+def _escape_unencodable(err: UnicodeError) -> tuple[Any, int]:
+    """Encoding error handler of the standard streams: bytes from argv come back as they were (surrogateescape),
+    any other character the stream's encoding lacks (an ascii / C-locale terminal) as a backslash escape."""
+    import codecs
+
+    try:
+        return codecs.lookup_error("surrogateescape")(err)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(err)
+
+
+class _GuardedStdout:
+    """sys.stdout that records a failed write (stdout on /dev/full, a closed pipe) instead of raising it in the
+    middle of a command whose work is done; the command's exit code stands and one warning says what was lost."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.failure is None:
+            try:
+                return self._stream.write(text)
+            except OSError as e:
+                self.failure = e
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self._stream.flush()
+            except OSError as e:
+                self.failure = e
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _standard_streams() -> _GuardedStdout:
+    """Usable sys.stdout / sys.stderr whatever the caller gave: a closed stream (sys.* is None) goes to
+    /dev/null, unencodable characters are escaped, and stdout's write errors are held (see _GuardedStdout)."""
+    import codecs
+
+    codecs.register_error("mousai-escape", _escape_unencodable)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None or getattr(stream, "closed", False):
+            stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+            setattr(sys, name, stream)
+        try:
+            stream.reconfigure(errors="mousai-escape")
+        except (AttributeError, ValueError, OSError):
+            pass
+    guard = sys.stdout if isinstance(sys.stdout, _GuardedStdout) else _GuardedStdout(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
+    return guard
 
 
 class OneLineErrors(TyperGroup):
     """The root command: parser errors and unexpected exceptions become one `error: ...` line on stderr."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
-        for stream in (sys.stdout, sys.stderr):  # paths from argv may hold undecodable bytes (surrogateescape)
-            try:
-                stream.reconfigure(errors="surrogateescape" if stream is sys.stdout else "backslashreplace")
-            except (AttributeError, ValueError, OSError):
-                pass
+        stdout = _standard_streams()
         import warnings
 
         saved_format = warnings.formatwarning
@@ -67,6 +123,12 @@ class OneLineErrors(TyperGroup):
                 code = 1
         finally:
             warnings.formatwarning = saved_format
+        stdout.flush()
+        if stdout.failure is not None:
+            typer.echo(f"warning: could not print the result to stdout ({stdout.failure.strerror or stdout.failure})",
+                       err=True)
+            stdout._stream = open(os.devnull, "w")  # noqa: SIM115 (the interpreter's final flush must not fail)
+            stdout.failure = None
         if standalone_mode:
             sys.exit(code)
         return code
@@ -88,7 +150,7 @@ app.add_typer(import_app, name="import")
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_one_line(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -100,6 +162,11 @@ def refuse_overlap(out: Path, flag: str = "--out", **inputs: Optional[Path]) -> 
         check_apart(out, {k.replace("_", " "): v for k, v in inputs.items()}, flag)
     except UnsafePathError as e:
         raise fail(str(e))
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or torch's allocator failure (a RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def _default_bundle() -> Path:
@@ -264,17 +331,22 @@ def train(
                            dmae=str(dmae) if dmae else None, progress=progress,
                            init_from=str(init_from) if init_from else None, freeze_encoder=freeze_encoder,
                            genre_balance=genre_balance, short_captions=short_captions)
-    except (TrainingError, ValueError, FileNotFoundError) as e:
+    except (TrainingError, ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not isinstance(e, TrainingError) and not _out_of_memory(e):
+            raise  # a bug: the internal-error line
         if new_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)  # refused before any work: leave no empty run folder behind
+        if _out_of_memory(e):
+            raise fail(f"out of memory ({_one_line(e)[:120]}): try a smaller --batch-size or --crop-length")
         raise fail(str(e))
     except KeyboardInterrupt:
         from training.train import interrupted_message
 
         raise fail(interrupted_message(out), code=130)
-    typer.echo(f"step {result.step}: loss {result.loss:.4f}; checkpoint {result.checkpoint}")
+    loss = "no step trained" if result.loss is None else f"loss {result.loss:.4f}"  # --steps 0 is valid
+    typer.echo(f"step {result.step}: {loss}; checkpoint {result.checkpoint or 'none saved'}")
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -6,6 +6,7 @@ Every file is written with `files.atomic_write`: complete or absent, even after 
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import tempfile
@@ -284,9 +285,10 @@ def normalize_loudness(audio: np.ndarray, sample_rate: int, target_lufs: float,
 # ------------------------------------------------------------------------------------------------- spectrogram
 
 
-def write_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, title: str | None = None,
-                      n_fft: int = 2048, hop: int = 512, max_columns: int = 3000) -> Path:
-    """A log-magnitude spectrogram PNG of the mono mix (matplotlib Agg, no global backend change)."""
+def write_spectrogram(path: str | os.PathLike | None, audio: np.ndarray, sample_rate: int, title: str | None = None,
+                      n_fft: int = 2048, hop: int = 512, max_columns: int = 3000) -> Path | bytes:
+    """A log-magnitude spectrogram PNG of the mono mix (matplotlib Agg, no global backend change); path None:
+    the PNG's bytes."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -294,7 +296,7 @@ def write_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: i
         raise AudioError("the spectrogram needs matplotlib: pip install 'mousai[audio]'") from None
     from .stft import magnitude_stft
 
-    p = Path(path)
+    p = Path(path) if path is not None else Path("x.png")
     if p.suffix.lower() != ".png":
         raise AudioError(f"the spectrogram is written as PNG: name it .png, not {p.name!r}")
     mono = np.asarray(audio, dtype=np.float32).mean(axis=0, keepdims=True)
@@ -315,4 +317,25 @@ def write_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: i
         ax.set_title(title[:100])
     fig.colorbar(im, ax=ax, label="dB")
     fig.tight_layout()
+    if path is None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
     return _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, title: str | None = None) -> bytes:
+    """The spectrogram PNG as bytes: made before the audio is written, so a failure leaves no audio file behind."""
+    return write_spectrogram(None, audio, sample_rate, title)  # type: ignore[return-value]
+
+
+def require_optional(module: str, what: str) -> None:
+    """AudioError now, before any rendering, when an optional package a flag needs is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise AudioError(f"{what} needs {module}, which is not installed: pip install 'mousai[audio]'")

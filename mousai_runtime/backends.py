@@ -123,9 +123,11 @@ class OrtBackend(Backend):
     kind = "onnx"
 
     def __init__(self, bundle: Bundle, providers: Sequence[str] | str | None = None, threads: int | None = None,
-                 spinning: bool = True, log_severity: int = 3):
+                 spinning: bool = True, log_severity: int = 4):
         import onnxruntime as ort
 
+        # FATAL only: ONNX Runtime's own error lines would repeat, on stderr, the one-line error we raise
+        ort.set_default_logger_severity(max(0, min(4, log_severity)))
         self._ort = ort
         self.bundle = bundle
         self.explicit = providers is not None

@@ -15,8 +15,34 @@ from typing import Optional
 EXIT_USAGE = 2
 
 
+def printable(text: object) -> str:
+    """Text for a terminal: control and format characters (an escape sequence in a manifest or a file name) as
+    visible escapes (\\x1b, \\u200b), never sent raw."""
+    import unicodedata
+
+    def one(c: str) -> str:
+        cat = unicodedata.category(c)
+        if cat == "Cs":  # a byte of an undecodable file name (surrogateescape): the stream writes it back as is
+            return c
+        return ascii(c)[1:-1] if cat[0] == "C" or cat in ("Zl", "Zp") else c
+
+    return "".join(one(c) for c in str(text))
+
+
+def argv_text(text: str) -> str:
+    """A command-line argument as the text the user typed: under the C / POSIX locale without UTF-8 mode Python
+    decodes argv as ASCII (each other byte a surrogate), so valid UTF-8 is decoded again here; bytes that are
+    not UTF-8 stay surrogates (and are refused as such)."""
+    if isinstance(text, str) and any("\udc80" <= c <= "\udcff" for c in text):
+        try:
+            return os.fsencode(text).decode("utf-8")
+        except (UnicodeError, ValueError):
+            return text
+    return text
+
+
 def _err(msg: str) -> int:
-    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    print(f"error: {printable(' '.join(str(msg).split()))}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -33,8 +59,9 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
                      spectrogram: Optional[str] = None, fp16_fallback: bool = False,
                      decoder_steps: Optional[int] = None, sampler: Optional[str] = None,
                      postfilter: bool = True, allow_clipping: bool = False) -> int:
-    from .audio import AudioError, check_level, check_writable_target, normalize_loudness, resolve_format, \
-        write_audio, write_spectrogram
+    from .audio import AudioError, check_level, check_writable_target, normalize_loudness, require_optional, \
+        resolve_format, spectrogram_png, write_audio
+    from .files import atomic_write
     from .bundle import BundleError
     from .backends import BackendError
     from .files import UnsafePathError, check_apart
@@ -42,6 +69,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
     from .sampling import SAMPLERS, NonFiniteError
 
     # cheap checks first: nothing is loaded or written before all of these pass
+    prompt = argv_text(prompt)
     try:
         check_prompt(prompt)
         if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
@@ -55,7 +83,7 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
         if guidance is not None and not math.isfinite(guidance):
             raise InputError(f"--guidance must be a finite number, got {guidance}")
         if guidance is not None and abs(guidance) > MAX_GUIDANCE:
-            raise InputError(f"--guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance:g}")
+            raise InputError(f"--guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance!r}")
         if loudness is not None and (not math.isfinite(loudness) or not -70 <= loudness <= 0):
             raise InputError(f"--loudness must be between -70 and 0 LUFS, got {loudness}")
         fmt = resolve_format(out, format)
@@ -66,6 +94,10 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
                 raise AudioError(f"--spectrogram must name a .png file, got {spectrogram!r}")
             check_writable_target(spectrogram)
             check_apart(spectrogram, {"bundle folder": model, "audio output": out}, "--spectrogram")
+        if loudness is not None:  # optional packages: checked before the render, not after it
+            require_optional("pyloudnorm", "--loudness")
+        if spectrogram:
+            require_optional("matplotlib", "--spectrogram")
         if str(engine).lower() not in ("onnx", "trt", "tensorrt", "torch"):
             raise InputError(f"unknown --engine {engine!r}: use onnx, trt or torch")
     except (InputError, AudioError, UnsafePathError) as e:
@@ -124,10 +156,11 @@ def generate_command(prompt: str, out: str, seconds: float = 10.0, steps: Option
             if res.limited_db > 0.05:
                 note += f" (limited {res.limited_db:.1f} dB)"
         check_level(audio, allow_clipping)
+        png = spectrogram_png(audio, sr, title=prompt) if spectrogram else None  # before the audio is written
         info = write_audio(out, audio, sr, fmt)
-        if spectrogram:
-            write_spectrogram(spectrogram, audio, sr, title=prompt)
-    except AudioError as e:
+        if png is not None:
+            atomic_write(spectrogram, lambda tmp: Path(tmp).write_bytes(png))
+    except (AudioError, UnsafePathError) as e:
         return _err(str(e))
     except OSError as e:
         return _err(f"cannot write {out}: {e.strerror or e}")
@@ -157,5 +190,5 @@ def info_command(bundle_dir: str) -> int:
     rows = b.summary_rows() + [("verified", f"all {len(b.manifest['files'])} files match their sha256")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        print(f"{k.ljust(width)}  {v}")
+        print(f"{printable(k).ljust(width)}  {printable(v)}")
     return 0

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import threading
+import unicodedata
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
@@ -38,7 +39,7 @@ from .windowed import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES, WindowedMod
 AUTOENCODER_ONLY = "this bundle is an autoencoder only (no text encoder / generator): use encode/decode"
 
 MAX_PROMPT_CHARS = 4000  # the text encoder reads max_length (64) tokens; longer prompts are truncated with a warning
-from .limits import MAX_GUIDANCE, MAX_STEPS  # noqa: E402 (one copy of the limits; re-exported)
+from .limits import MAX_GUIDANCE, MAX_SECONDS, MAX_STEPS  # noqa: E402 (one copy of the limits; re-exported)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 / C1 controls but tab, newline, CR
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # what undecodable bytes become in sys.argv (surrogateescape)
 
@@ -61,6 +62,9 @@ def check_prompt(prompt: Any) -> str:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"the prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,} (the "
                          "text encoder reads only its first 64 tokens)")
+    if all(c.isspace() or unicodedata.category(c) in ("Cf", "Zs", "Zl", "Zp", "Mn", "Me") for c in prompt):
+        raise InputError("the prompt has no visible characters (only spaces or invisible ones such as U+200B): "
+                         "describe the music, e.g. \"calm ambient pads with soft piano\"")
     m = _SURROGATE.search(prompt)
     if m:
         raise InputError(f"the prompt is not valid UTF-8 text (undecodable byte at character {m.start() + 1})")
@@ -152,10 +156,13 @@ class Pipeline:
 
         `postfilter`: with a bundle that has one (manifest `postfilter`), put every decoded chunk back on the band
         envelope its latent predicts (mousai_runtime/postfilter.py); False decodes with the DMAE alone."""
+        if not isinstance(bundle_dir, (str, os.PathLike)):
+            raise InputError(f"bundle_dir must be a folder path (str or os.PathLike), got {type(bundle_dir).__name__}")
         if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(
                 chunk_seconds, (int, float, np.integer, np.floating)) or not math.isfinite(chunk_seconds)
-                or chunk_seconds <= 0):
-            raise InputError(f"chunk_seconds must be a finite number > 0 (or None: one chunk), got {chunk_seconds!r}")
+                or not 0 < chunk_seconds <= MAX_SECONDS):
+            raise InputError(f"chunk_seconds must be a number > 0 and <= {MAX_SECONDS:g} (or None: one chunk), got "
+                             f"{chunk_seconds!r}")
         if isinstance(text_cache, bool) or not isinstance(text_cache, (int, np.integer)) or text_cache < 0:
             raise InputError(f"text_cache must be an integer >= 0, got {text_cache!r}")
         self.bundle = Bundle.load(bundle_dir, verify=verify)
@@ -289,9 +296,9 @@ class Pipeline:
         if not math.isfinite(seconds) or seconds <= 0:
             raise InputError(f"seconds must be a finite number > 0, got {seconds}")
         if seconds > d["max_seconds"]:
-            raise InputError(f"seconds {seconds:g} is longer than this bundle's maximum of {d['max_seconds']:g} s")
+            raise InputError(f"seconds {seconds!r} is longer than this bundle's maximum of {d['max_seconds']:g} s")
         if round(seconds * self.sample_rate) < 1:
-            raise InputError(f"seconds {seconds:g} is shorter than one sample")
+            raise InputError(f"seconds {seconds!r} is shorter than one sample")
         steps = _check_steps("steps", d["generator_steps"] if steps is None else steps)
         decoder_steps = _check_steps("decoder steps", d["decoder_steps"] if decoder_steps is None else decoder_steps)
         guidance = d["guidance"] if guidance is None else guidance
@@ -414,11 +421,15 @@ class Pipeline:
     def _check_length(self, samples: int, what: str) -> None:
         top = self.bundle.defaults.get("max_seconds")
         if top is not None and samples > top * self.sample_rate:
-            raise InputError(f"the {what} is {samples / self.sample_rate:,.1f} s long, more than this bundle's "
-                             f"maximum of {top:g} s")
+            raise InputError(f"the {what} is {samples:,} samples ({samples / self.sample_rate!r} s) long, more than "
+                             f"this bundle's maximum of {top:g} s")
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """audio [2, L] (any L, audio units) -> latent [1, C, ceil(L / hop)] (the encoder's magnitude STFT in numpy)."""
+        kind = getattr(getattr(audio, "dtype", None), "kind", "f")
+        if kind in "iub":
+            raise InputError(f"audio must be floating point (samples in [-1, 1]), got {audio.dtype} samples: convert "
+                             "integer PCM first, e.g. x.astype(np.float32) / 32768 for int16")
         audio = _float_array(audio, "audio")
         if audio.ndim != 2 or audio.shape[0] != self.bundle.channels or audio.shape[1] < 1:
             raise InputError(f"audio must be [{self.bundle.channels}, samples], got {audio.shape}")
@@ -451,6 +462,7 @@ class Pipeline:
         """
         prompt, seconds, steps, guidance, seed, dsteps = self.check_inputs(prompt, seconds, steps, guidance, seed,
                                                                            decoder_steps)
+        _check_callbacks(progress, stage_progress, cancel)
         samplers = self.samplers(sampler, decoder_sampler)
         frames, samples = self.frames_for(seconds)
         dec_total = self.decoder.total_steps(frames, dsteps)
@@ -506,6 +518,16 @@ def _float_array(a: Any, what: str) -> np.ndarray:
         return np.asarray(a, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise InputError(f"{what} must be an array of numbers: {' '.join(str(e).split())[:200]}") from None
+
+
+def _check_callbacks(progress: Any, stage_progress: Any, cancel: Any) -> None:
+    """Checked before the render: a wrong callback would otherwise fail at the first step, mid-render."""
+    for name, fn in (("progress", progress), ("stage_progress", stage_progress)):
+        if fn is not None and not callable(fn):
+            raise InputError(f"{name} must be a function (or None), got {type(fn).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise InputError(f"cancel must be a CancelToken or threading.Event (an object with is_set()), got "
+                         f"{type(cancel).__name__}")
 
 
 def _check_seed(seed: Any) -> int:

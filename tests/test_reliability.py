@@ -1113,7 +1113,7 @@ def test_reliability_doc_names_real_tests():
             assert f'"{case}' in src or f"'{case}" in src, f"{file}::{name}[{case}]: no such case"
     named = {(f, n) for f, n, _ in refs}
     for file in ("test_reliability.py", "test_faults.py", "test_escapes.py", "test_manifest_limits.py",
-                 "test_host_arguments.py"):
+                 "test_host_arguments.py", "test_one_line_errors.py"):
         tests = {n for n in defined.get(file, set()) if n.startswith("test_")}
         missing = sorted(n for n in tests if (file, n) not in named and n != "test_reliability_doc_names_real_tests")
         assert not missing, f"tests missing from docs/reliability.md: {missing}"
