@@ -380,8 +380,8 @@ def test_api_edge_values_accepted_and_seed_taken_modulo_2_64(pipe):
 
 
 @pytest.mark.parametrize("case, kwargs, exc, match", cases([
-    ("chunk_seconds_nan", dict(chunk_seconds=float("nan")), "InputError", "chunk_seconds must be a finite number > 0"),
-    ("chunk_seconds_0", dict(chunk_seconds=0), "InputError", "chunk_seconds must be a finite number > 0"),
+    ("chunk_seconds_nan", dict(chunk_seconds=float("nan")), "InputError", "chunk_seconds must be a number > 0"),
+    ("chunk_seconds_0", dict(chunk_seconds=0), "InputError", "chunk_seconds must be a number > 0"),
     ("text_cache_negative", dict(text_cache=-1), "InputError", "text_cache must be an integer >= 0"),
     ("threads_0", dict(threads=0), "BackendError", "threads must be an integer >= 1"),
     ("window_frames_0", dict(window_frames=0), "InputError", "window_frames must be an integer >= 1"),

@@ -2,9 +2,11 @@
 redesign of issue 20 (tests/same_seed.json), so a refactor that changes the noise, the step maths, the windows, the
 chunking or the post-filter fails here.
 
-The fingerprint of a clip is the mean and RMS of 32 equal segments per channel (float64) plus its length; the
-tolerance (1e-6 absolute, the audio's RMS is ~0.1) is far below any change of behaviour and above the rounding
-differences of reassociated float32 sums. One ONNX Runtime thread, so the kernels reduce in one fixed order.
+The fingerprint of a clip is the mean and RMS of 32 equal segments per channel (float64) plus its length. The
+tolerances sit between two measured gaps: another CPU (ONNX Runtime picks other kernels on AMD than on Intel)
+moves the generated clips' segment means by up to 3e-5 and RMS by up to 8e-5, while the smallest change of
+behaviour tried (guidance + 0.1) moves them by 4e-4 and 3e-3, and another seed by 1e-2 and 1e-1. One ONNX
+Runtime thread, so on one machine the kernels reduce in one fixed order.
 
     python tests/test_same_seed.py --write     # re-record (only when a change of behaviour is intended)
 """
@@ -22,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "engines" / "default"
 REFERENCE = Path(__file__).with_name("same_seed.json")
 SEGMENTS = 32
-ATOL = 1e-6
+ATOL = {"mean": 1.5e-4, "rms": 5e-4}
 PROMPT = "calm ambient pads with soft piano"
 
 
@@ -91,21 +93,21 @@ def test_same_seed_gives_the_recorded_audio(measured, name):
     assert got["shape"] == ref["shape"]
     for key in ("mean", "rms"):
         diff = np.abs(np.array(got[key]) - np.array(ref[key])).max()
-        assert diff <= ATOL, f"{name} {key}: differs by {diff:.3g} from the recorded clip"
+        assert diff <= ATOL[key], f"{name} {key}: differs by {diff:.3g} from the recorded clip"
 
 
 def test_stream_equals_generate(measured):
     assert measured["stream_blocks"] == measured["windowed_chunked"]
 
 
-def test_fingerprint_tells_seeds_apart():
-    """The fingerprint is sharp enough: another seed (same everything else) is far outside the tolerance."""
+def test_fingerprint_tells_a_small_change_apart():
+    """The tolerance is sharp enough: guidance moved by 0.5 (same seed, everything else equal) is outside it."""
     from mousai_runtime import Pipeline
 
     pipe = Pipeline(DEFAULT, threads=1)
-    a = fingerprint(pipe.generate(PROMPT, 1.0, seed=1, steps=3, decoder_steps=2))
-    b = fingerprint(pipe.generate(PROMPT, 1.0, seed=2, steps=3, decoder_steps=2))
-    assert np.abs(np.array(a["rms"]) - np.array(b["rms"])).max() > 1000 * ATOL
+    a = fingerprint(pipe.generate(PROMPT, 1.0, seed=1, steps=3, decoder_steps=2, guidance=3.0))
+    b = fingerprint(pipe.generate(PROMPT, 1.0, seed=1, steps=3, decoder_steps=2, guidance=3.5))
+    assert np.abs(np.array(a["rms"]) - np.array(b["rms"])).max() > 2 * ATOL["rms"]
 
 
 if __name__ == "__main__":
